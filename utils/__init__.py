@@ -1,0 +1,1 @@
+"""Helpers the notebooks import: weights, images, adaptation, inversion, metrics, figures."""
