@@ -5,12 +5,14 @@ Public API:
     load_generator       load an official .pkl or one of this project's .pt files, without running code.
     save_generator       write this project's .pt format (weights, configuration and metadata).
     CheckpointError      raised for every unreadable, foreign or mismatching checkpoint.
+    layer_groups         named parameter groups (mapping, bR, bR.conv0, bR.torgb, ...) for freezing.
 """
 
 from .build import infer_init_kwargs
 from .checkpoint import load_generator, load_official_pickle, load_project_checkpoint, save_generator, sniff_format
 from .errors import CheckpointError
 from .generator import Generator
+from .groups import LayerGroup, group_table, layer_groups, layer_ws_indices
 from .mapping import FullyConnectedLayer, MappingNetwork
 from .synthesis import SynthesisBlock, SynthesisLayer, SynthesisNetwork, ToRGBLayer
 
@@ -23,6 +25,10 @@ __all__ = [
     "sniff_format",
     "infer_init_kwargs",
     "CheckpointError",
+    "LayerGroup",
+    "layer_groups",
+    "layer_ws_indices",
+    "group_table",
     "MappingNetwork",
     "SynthesisNetwork",
     "SynthesisBlock",

@@ -114,12 +114,12 @@ def _check_resample_filters(G, source):
 
 def _describe_inferred(state_dict):
     try:
-        return str(infer_init_kwargs(state_dict, source="the file"))
+        return str(infer_init_kwargs(state_dict, source="the file", warn=False))
     except CheckpointError as error:
         return f"none could be inferred ({error})"
 
 
-def infer_init_kwargs(state_dict: dict, source: str) -> dict:
+def infer_init_kwargs(state_dict: dict, source: str, warn: bool = True) -> dict:
     """Infer the Generator's constructor arguments from the names and shapes of official state_dict tensors.
 
     The tensors fix the sizes, layer counts and architecture. Two settings leave no trace in them:
@@ -138,11 +138,12 @@ def infer_init_kwargs(state_dict: dict, source: str) -> dict:
 
     mapping_kwargs, z_dim, c_dim, w_dim = _infer_mapping(state_dict, fc_layers)
     synthesis_kwargs, img_resolution, img_channels = _infer_synthesis(state_dict, resolutions, source)
-    log.warning(
-        "%s records no configuration; inferred it from tensor shapes, assuming conv_clamp=None and "
-        "num_fp16_res=0 (the original StyleGAN2 settings), which the tensors cannot show",
-        source,
-    )
+    if warn:
+        log.warning(
+            "%s records no configuration; inferred it from tensor shapes, assuming conv_clamp=None and "
+            "num_fp16_res=0 (the original StyleGAN2 settings), which the tensors cannot show",
+            source,
+        )
     return dict(
         z_dim=z_dim,
         c_dim=c_dim,

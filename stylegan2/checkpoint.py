@@ -19,7 +19,15 @@ from .build import build_generator, infer_init_kwargs
 from .errors import CheckpointError
 from .fileio import atomic_path
 from .generator import Generator
-from .safe_pickle import PersistentRecord, TFNetworkStub, iter_records, plain, record_state_dict, restricted_load
+from .safe_pickle import (
+    PersistentRecord,
+    TFNetworkStub,
+    iter_records,
+    plain,
+    record_state_dict,
+    rejection_detail,
+    restricted_load,
+)
 
 log = logging.getLogger(__name__)
 
@@ -201,15 +209,13 @@ def _torch_load(path):
         found = _zip_pickle_globals(path)
         if "argparse.Namespace" in found and "g_ema" in found:
             raise CheckpointError(_ROSINALITY_MESSAGE.format(path=path)) from None
-        reason = str(error).split("\n")
-        detail = next((line for line in reason if "Unsupported" in line or "global" in line.lower()), reason[0])
         raise CheckpointError(
             f"refused to load {path}: it needs Python objects beyond tensors and plain containers "
-            f"({detail.strip()}). Nothing from the file was run"
+            f"({rejection_detail(error)}). Nothing from the file was run"
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as error:
         raise CheckpointError(
-            f"{path} is truncated or corrupt ({type(error).__name__}: {str(error).splitlines()[0]}); "
+            f"{path} is truncated or corrupt ({type(error).__name__}: {str(error).split('. ')[0]}); "
             f"write or download it again"
         ) from None
 

@@ -96,8 +96,14 @@ def _load_storage(blob):
     try:
         return torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as error:
-        # torch's message names the global it rejected.
-        raise CheckpointError(f"refused a tensor storage: {str(error).splitlines()[0]}") from None
+        raise CheckpointError(f"refused a tensor storage: {rejection_detail(error)}") from None
+
+
+def rejection_detail(error: Exception) -> str:
+    """The line of a torch weights-only rejection that names the refused global."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+    return (named or lines or [type(error).__name__])[0]
 
 
 _ALLOWED_GLOBALS = {

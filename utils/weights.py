@@ -1,0 +1,396 @@
+"""Pretrained weights: one name-to-URL registry, a local cache and a resumable, verified download.
+
+    python -m utils.weights                      # list the registry and what is in the cache
+    python -m utils.weights ffhq [--dir DIR]     # download into the cache (resumes a .part file)
+
+The cache folder is $SG2_WEIGHTS_DIR, else models/ at the repository root. With SG2_OFFLINE=1 nothing
+is downloaded and a missing file raises WeightsError that names the URL and the path to place it at.
+"""
+
+import argparse
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Union
+
+import requests
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_DIR_ENV = "SG2_WEIGHTS_DIR"
+OFFLINE_ENV = "SG2_OFFLINE"
+_TRUE_VALUES = {"1", "true", "yes"}
+_FALSE_VALUES = {"", "0", "false", "no"}
+
+CHUNK_SIZE = 1 << 20  # bytes read from the response and written per step
+RETRY_BACKOFF_S = 1.0  # wait before retry k is k * RETRY_BACKOFF_S seconds
+PART_SUFFIX = ".part"
+
+
+class WeightsError(Exception):
+    """A weights file is unknown, missing, corrupt, or could not be downloaded."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightFile:
+    """One downloadable weights file."""
+
+    name: str  # registry key, e.g. "ffhq"
+    url: str  # where fetch() downloads it from
+    filename: str  # file name inside the cache folder
+    sha256: Optional[str] = None  # lowercase hex digest, None when unknown (not verified)
+    size: Optional[int] = None  # bytes, None when unknown (not verified)
+    description: str = ""  # one line: what the file is, its origin and license
+
+
+REGISTRY = {
+    entry.name: entry
+    for entry in [
+        # NOTE: size and sha256 of ffhq.pkl are unknown because this machine cannot reach the CDN, so the
+        # download is not verified. Fill both in from a download (fetch() logs the sha256 it computed).
+        WeightFile(
+            "ffhq",
+            "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/ffhq.pkl",
+            "ffhq.pkl",
+            description="StyleGAN2-ADA FFHQ 1024x1024 generator pickle from NVlabs/stylegan2-ada-pytorch "
+            "(NVIDIA Source Code License-NC)",
+        ),
+    ]
+}
+
+
+class _TransientError(Exception):
+    """A download attempt failed in a way that a retry may fix (dropped connection, timeout, 5xx)."""
+
+
+def weights_dir() -> Path:
+    """Return the cache folder: $SG2_WEIGHTS_DIR if set, else models/ next to utils/."""
+    configured = os.environ.get(WEIGHTS_DIR_ENV)
+    if configured:
+        return Path(configured).expanduser().resolve()
+    return Path(__file__).resolve().parent.parent / "models"
+
+
+def _resolve_entry(name_or_entry: Union[str, WeightFile]) -> WeightFile:
+    if isinstance(name_or_entry, WeightFile):
+        return name_or_entry
+    if not isinstance(name_or_entry, str):
+        raise WeightsError(f"expected a registry name or a WeightFile, got {type(name_or_entry).__name__}")
+    if name_or_entry not in REGISTRY:
+        valid = ", ".join(sorted(REGISTRY))
+        raise WeightsError(f"unknown weights name {name_or_entry!r}. Valid names: {valid}")
+    return REGISTRY[name_or_entry]
+
+
+def _offline_from_env() -> bool:
+    value = os.environ.get(OFFLINE_ENV, "").strip().lower()
+    if value in _TRUE_VALUES:
+        return True
+    if value in _FALSE_VALUES:
+        return False
+    raise WeightsError(
+        f"invalid {OFFLINE_ENV}={value!r}. Set it to 1, true or yes for offline mode, or 0, false, no or unset it"
+    )
+
+
+def fetch(
+    name_or_entry: Union[str, WeightFile],
+    cache_dir: Union[str, Path, None] = None,
+    offline: Optional[bool] = None,
+    progress: bool = True,
+    retries: int = 3,
+    timeout: float = 60.0,
+) -> Path:
+    """Return the local path of a weights file, downloading it into the cache folder when missing.
+
+    name_or_entry: a REGISTRY name or a WeightFile.
+    cache_dir: folder for the file; None means weights_dir().
+    offline: True raises instead of downloading; None reads $SG2_OFFLINE (1, true or yes means offline).
+    progress: show a tqdm bar while downloading.
+    retries: extra attempts after a dropped connection, timeout or 5xx response; each resumes the .part file.
+    timeout: seconds to wait for the connection and for each read from the server.
+
+    A present file is returned without network access after a size check (when the size is known).
+    The download goes to <filename>.part, is checked against the known size and sha256, and is then
+    renamed to <filename>, so the final name never holds a partial file. Raises WeightsError on any failure.
+    """
+    entry = _resolve_entry(name_or_entry)
+    if not isinstance(retries, int) or retries < 0:
+        raise WeightsError(f"retries must be an integer >= 0, got {retries!r}")
+    if not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise WeightsError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    folder = Path(cache_dir).expanduser().resolve() if cache_dir is not None else weights_dir()
+    path = folder / entry.filename
+    if offline is None:
+        offline = _offline_from_env()
+
+    # A present file needs no network, but a wrong size means a corrupt or different file.
+    if path.exists():
+        _check_present_size(entry, path)
+        return path
+
+    if offline:
+        raise WeightsError(
+            f"weights file {entry.filename!r} ({entry.name}) is missing and offline mode is on. "
+            f"Download it from {entry.url} and place it at {path}, "
+            f"or set {WEIGHTS_DIR_ENV} to the folder that contains it"
+        )
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise WeightsError(f"cannot create the weights folder {folder}: {error}. Set {WEIGHTS_DIR_ENV}") from None
+
+    part = folder / (entry.filename + PART_SUFFIX)
+    digest = _download_with_retries(entry, part, progress, retries, timeout)
+    _verify(entry, part, digest)
+    _commit(part, path)
+    return path
+
+
+def _check_present_size(entry: WeightFile, path: Path) -> None:
+    if entry.size is None:
+        return
+    actual = path.stat().st_size
+    if actual != entry.size:
+        raise WeightsError(
+            f"{path} has {actual} bytes, expected {entry.size}. "
+            f"Delete the file so that the next run downloads it again from {entry.url}"
+        )
+
+
+def _download_with_retries(entry: WeightFile, part: Path, progress: bool, retries: int, timeout: float) -> str:
+    """Download entry.url into `part`, resuming it after each transient failure; return the sha256 hex digest."""
+    attempt = 0
+    while True:
+        try:
+            return _download_once(entry, part, progress, timeout)
+        except _TransientError as error:
+            reason = error
+        except requests.RequestException as error:
+            raise WeightsError(f"download of {entry.url} failed: {_describe(error)}") from None
+        except OSError as error:
+            # Caught after requests' errors, which subclass OSError, so this is a local file error.
+            raise WeightsError(f"cannot write {part}: {error}. Free disk space or set {WEIGHTS_DIR_ENV}") from None
+
+        attempt += 1
+        received = _part_size(part)
+        if attempt > retries:
+            raise WeightsError(
+                f"download of {entry.url} failed after {retries} retries: {reason}. "
+                f"The {received} bytes received are kept in {part}, and running again resumes from there"
+            )
+        logger.warning(
+            "download of %s failed at %d bytes (%s), retry %d of %d", entry.url, received, reason, attempt, retries
+        )
+        time.sleep(attempt * RETRY_BACKOFF_S)
+
+
+def _part_size(part: Path) -> int:
+    return part.stat().st_size if part.exists() else 0
+
+
+def _download_once(entry: WeightFile, part: Path, progress: bool, timeout: float) -> str:
+    """Make one request for the rest of the file and append it to `part`; return the sha256 of the whole part."""
+    offset = _part_size(part)
+    # identity encoding keeps byte offsets and Content-Length in terms of the file itself.
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+
+    try:
+        response = requests.get(entry.url, headers=headers, stream=True, timeout=timeout)
+    except (requests.ConnectionError, requests.Timeout) as error:
+        raise _TransientError(_describe(error)) from None
+    except requests.RequestException as error:
+        raise WeightsError(f"cannot request {entry.url}: {_describe(error)}. Check the URL") from None
+
+    with response:
+        if response.status_code == 416 and offset:
+            # The offset is at or past the end, so the part is complete or is a different file.
+            return _handle_range_not_satisfiable(entry, part, response)
+        if response.status_code >= 500:
+            raise _TransientError(f"HTTP {response.status_code} from {entry.url}")
+        if response.status_code not in (200, 206):
+            raise WeightsError(
+                f"HTTP {response.status_code} {response.reason} for {entry.url}. "
+                f"Check that the URL of {entry.name!r} is still valid"
+            )
+
+        if response.status_code == 206:
+            _check_content_range(entry, part, response, offset)
+        elif offset:
+            logger.info("%s ignored the Range request, so the download restarts from byte 0", entry.url)
+            offset = 0
+        return _write_body(entry, part, response, offset, progress)
+
+
+def _handle_range_not_satisfiable(entry: WeightFile, part: Path, response) -> str:
+    total = _content_range_total(response.headers.get("Content-Range", ""))
+    offset = _part_size(part)
+    if total is not None and total != offset:
+        part.unlink()
+        raise _TransientError(f"{part} has {offset} bytes but the file on the server has {total}, so it starts over")
+    return _sha256_of(part).hexdigest()
+
+
+def _content_range_total(header: str) -> Optional[int]:
+    match = re.fullmatch(r"bytes (?:\*|\d+-\d+)/(\d+)", header.strip())
+    return int(match.group(1)) if match else None
+
+
+def _check_content_range(entry: WeightFile, part: Path, response, offset: int) -> None:
+    """Raise if a 206 response does not start at `offset`, because appending it would corrupt the part."""
+    match = re.fullmatch(r"bytes (\d+)-\d+/(?:\d+|\*)", response.headers.get("Content-Range", "").strip())
+    if match is None or int(match.group(1)) != offset:
+        part.unlink()
+        header = response.headers.get("Content-Range")
+        raise _TransientError(f"{entry.url} answered Range bytes={offset}- with Content-Range {header!r}")
+
+
+def _write_body(entry: WeightFile, part: Path, response, offset: int, progress: bool) -> str:
+    """Append the response body to `part` (truncated to `offset` first) and return the sha256 of the part."""
+    # The digest covers the bytes already in the part, then each chunk as it is written.
+    digest = _sha256_of(part, limit=offset)
+    length = response.headers.get("Content-Length")
+    expected = int(length) if length is not None and length.isdigit() else None
+    total = offset + expected if expected is not None else entry.size
+
+    received = 0
+    bar = tqdm(
+        total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+        desc=entry.filename, disable=not progress,
+    )
+    # Append mode after truncating to `offset` drops any bytes past it (all of them after a 200 restart).
+    with bar, open(part, "ab") as file:
+        file.truncate(offset)
+        try:
+            for chunk in response.iter_content(chunk_size=CHUNK_SIZE):
+                file.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:
+            # urllib3 reports a connection closed before Content-Length as ChunkedEncodingError.
+            raise _TransientError(_describe(error)) from None
+
+    if expected is not None and received != expected:
+        raise _TransientError(f"connection closed after {received} of {expected} bytes")
+    return digest.hexdigest()
+
+
+def _sha256_of(path: Path, limit: Optional[int] = None):
+    """Return a hashlib sha256 object over the first `limit` bytes of `path` (all of it when None)."""
+    digest = hashlib.sha256()
+    if not path.exists():
+        return digest
+    remaining = path.stat().st_size if limit is None else limit
+    with open(path, "rb") as file:
+        while remaining > 0:
+            block = file.read(min(CHUNK_SIZE, remaining))
+            if not block:
+                break
+            digest.update(block)
+            remaining -= len(block)
+    return digest
+
+
+def _verify(entry: WeightFile, part: Path, digest: str) -> None:
+    """Delete `part` and raise when its size or sha256 differs from the registry."""
+    actual_size = part.stat().st_size
+    if entry.size is not None and actual_size != entry.size:
+        part.unlink()
+        raise WeightsError(
+            f"downloaded {entry.filename} from {entry.url} has {actual_size} bytes, expected {entry.size}. "
+            f"The partial file was deleted. Run again, and if this repeats the registry entry is out of date"
+        )
+    if entry.sha256 is not None and digest != entry.sha256.lower():
+        part.unlink()
+        raise WeightsError(
+            f"sha256 mismatch for {entry.filename} from {entry.url}: expected {entry.sha256}, got {digest}. "
+            f"The download was deleted. Run again, and if this repeats the registry entry is out of date"
+        )
+    if entry.sha256 is None:
+        logger.info("%s: %d bytes, sha256 %s (not in the registry, so not verified)", entry.filename, actual_size, digest)
+
+
+def _commit(part: Path, path: Path) -> None:
+    """Move the verified part to its final name in one step, so a reader never sees a partial file."""
+    with open(part, "rb") as file:
+        os.fsync(file.fileno())
+    os.replace(part, path)
+
+
+def _describe(error: Exception) -> str:
+    """Return a one-line description of a requests error, without the nested urllib3 traceback text."""
+    return f"{type(error).__name__}: {error}".splitlines()[0]
+
+
+def _status(entry: WeightFile, folder: Path) -> str:
+    """Describe what the cache folder holds for `entry`: present, partial (bytes so far) or missing."""
+    if (folder / entry.filename).exists():
+        return "present"
+    part = folder / (entry.filename + PART_SUFFIX)
+    if part.exists():
+        return f"partial ({part.stat().st_size} bytes)"
+    return "missing"
+
+
+def print_registry(folder: Path, out=None) -> None:
+    """Print one line per registry entry to `out` (default stdout): name, filename, cache status and URL."""
+    out = sys.stdout if out is None else out
+    print(f"weights folder: {folder}", file=out)
+    for entry in REGISTRY.values():
+        print(f"{entry.name:<12} {entry.filename:<24} {_status(entry, folder):<24} {entry.url}", file=out)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m utils.weights",
+        description="List the pretrained weights registry, or download the named files into the cache folder.",
+    )
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME",
+        help=f"registry names to download ({', '.join(sorted(REGISTRY))}); none lists the registry",
+    )
+    parser.add_argument(
+        "--dir", type=Path, default=None,
+        help=f"cache folder (default: ${WEIGHTS_DIR_ENV}, else models/ at the repository root)",
+    )
+    parser.add_argument(
+        "--offline", action="store_true",
+        help=f"never download; fail if a file is missing (the same as {OFFLINE_ENV}=1)",
+    )
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the command line; return the exit status (0 on success, 1 when a download failed)."""
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    folder = args.dir.expanduser().resolve() if args.dir is not None else weights_dir()
+
+    if not args.names:
+        print_registry(folder)
+        return 0
+
+    offline = True if args.offline else None
+    try:
+        # Check every name before the first download, so a typo fails at once.
+        entries = [_resolve_entry(name) for name in args.names]
+        for entry in entries:
+            print(fetch(entry, cache_dir=folder, offline=offline))
+    except WeightsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
