@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from .mapping import FullyConnectedLayer
@@ -221,6 +222,10 @@ class SynthesisNetwork(nn.Module):
         channels = {res: min(channel_base // res, channel_max) for res in self.block_resolutions}
         fp16_resolution = max(2 ** (log2 + 1 - num_fp16_res), 8)
 
+        # Recompute each block's activations during backward instead of storing them (saves memory while
+        # training, costs about one extra forward pass); has no effect without gradients.
+        self.gradient_checkpointing = False
+
         self.num_ws = 0
         for res in self.block_resolutions:
             is_last = res == img_resolution
@@ -259,9 +264,15 @@ class SynthesisNetwork(nn.Module):
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
 
         ws = ws.to(torch.float32)
+        options = dict(noise_mode=noise_mode, force_fp32=force_fp32, fused_modconv=fused_modconv)
+        checkpointing = self.gradient_checkpointing and torch.is_grad_enabled()
         x = img = None
         for block, block_ws in zip(self.blocks(), self.block_ws(ws)):
-            x, img = block(x, img, block_ws, noise_mode=noise_mode, force_fp32=force_fp32, fused_modconv=fused_modconv)
+            if checkpointing:
+                # The RNG state is saved and restored, so noise_mode="random" recomputes the same noise.
+                x, img = torch.utils.checkpoint.checkpoint(block, x, img, block_ws, use_reentrant=False, **options)
+            else:
+                x, img = block(x, img, block_ws, **options)
         return img
 
     def extra_repr(self):

@@ -160,3 +160,24 @@ def test_groups_cover_every_parameter_once_per_level(G):
     }
     assert groups["b16.torgb"].ws_index == 5
     assert groups["b4.const"].parameters == ("synthesis.b4.const",)
+
+
+@pytest.mark.parametrize("noise_mode", ["const", "random"])
+def test_gradient_checkpointing_same_gradients(noise_mode):
+    torch.manual_seed(0)
+    G = Generator(**TINY).train()
+    for parameter in G.parameters():
+        parameter.data.add_(0.01 * torch.randn_like(parameter))  # biases and noise strengths start at 0
+    ws = G.mapping(torch.randn([2, 16]), None).detach()
+
+    def gradients(checkpointing):
+        G.zero_grad()
+        G.synthesis.gradient_checkpointing = checkpointing
+        torch.manual_seed(5)
+        G.synthesis(ws, noise_mode=noise_mode).square().mean().backward()
+        return {name: p.grad.clone() for name, p in G.named_parameters() if p.grad is not None}
+
+    plain, checkpointed = gradients(False), gradients(True)
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        assert torch.allclose(plain[name], checkpointed[name], atol=1e-6, rtol=1e-5), name
