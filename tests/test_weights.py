@@ -6,6 +6,7 @@ import os
 import socket
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import pytest
@@ -26,8 +27,11 @@ class ServerBehavior:
     data: bytes = b""
     drop_after: Optional[int] = None  # body bytes sent before the connection is closed; None sends all
     drops_left: float = 0  # responses that still drop; float("inf") drops every one
-    ignore_range: bool = False  # answer 200 with the whole file even when a Range header is sent
-    status: Optional[int] = None  # answer every request with this error status and no body
+    stall: bool = False  # after drop_after bytes, stop sending until `release` is set instead of closing
+    release: threading.Event = field(default_factory=threading.Event)
+    wrong_content_range: bool = False  # respond to a Range request with the whole file labelled "bytes 0-"
+    ignore_range: bool = False  # respond 200 with the whole file even when a Range header is sent
+    status: Optional[int] = None  # respond to every request with this error status and no body
     requests: list = field(default_factory=list)  # (path, Range header or None) per request received
 
 
@@ -51,9 +55,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             return
 
+        if start is not None and behavior.wrong_content_range:
+            start = 0
         body = behavior.data[start or 0:]
-        self.send_response(206 if start is not None else 200)
-        if start is not None:
+        self.send_response(206 if range_header is not None and not behavior.ignore_range else 200)
+        if range_header is not None and not behavior.ignore_range:
             self.send_header("Content-Range", f"bytes {start}-{len(behavior.data) - 1}/{len(behavior.data)}")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -73,6 +79,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         behavior.drops_left -= 1
         self.wfile.write(body[:behavior.drop_after])
         self.wfile.flush()
+        if behavior.stall:
+            behavior.release.wait(timeout=10)
         self.connection.shutdown(socket.SHUT_RDWR)
         self.close_connection = True
 
@@ -81,7 +89,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def log_message(self, format, *args):
+    def log_message(self, *args):
         pass  # keep pytest output clean
 
 
@@ -89,9 +97,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def server():
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.behavior = ServerBehavior(data=os.urandom(FILE_SIZE))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     yield httpd
+    httpd.behavior.release.set()
     httpd.shutdown()
     httpd.server_close()
     thread.join()
@@ -99,11 +108,20 @@ def server():
 
 @pytest.fixture(autouse=True)
 def fast_and_local(monkeypatch):
-    """Use small chunks, no retry wait, and no environment settings from the machine running the tests."""
+    """Use small chunks, no retry wait and no environment settings, and allow requests to 127.0.0.1 only."""
     monkeypatch.setattr(weights, "CHUNK_SIZE", TEST_CHUNK_SIZE)
     monkeypatch.setattr(weights, "RETRY_BACKOFF_S", 0.0)
     monkeypatch.delenv(weights.OFFLINE_ENV, raising=False)
     monkeypatch.delenv(weights.WEIGHTS_DIR_ENV, raising=False)
+
+    real_get = weights.requests.get
+
+    def local_get(url, *args, **kwargs):
+        if not url.startswith("http://127.0.0.1:"):
+            pytest.fail(f"test tried to download from {url}, but only the local test server is allowed")
+        return real_get(url, *args, **kwargs)
+
+    monkeypatch.setattr(weights.requests, "get", local_get)
 
 
 def _url(server, path=PATH):
@@ -230,11 +248,34 @@ def test_complete_part_gets_416(server, tmp_path):
 
 
 def test_oversized_part_restarts(server, tmp_path):
+    oversized = FILE_SIZE + 11
     (tmp_path / "weights.bin.part").write_bytes(server.behavior.data + b"extra bytes")
 
-    path = _fetch(_entry(server, sha256=None, size=None), tmp_path)
+    path = _fetch(_entry(server, sha256=None, size=None), tmp_path, retries=0)
 
-    assert server.behavior.requests[-1] == (PATH, None)
+    assert server.behavior.requests == [(PATH, f"bytes={oversized}-"), (PATH, None)]
+    assert path.read_bytes() == server.behavior.data
+
+
+def test_wrong_content_range_restarts(server, tmp_path):
+    server.behavior.wrong_content_range = True
+    offset = 70_000
+    (tmp_path / "weights.bin.part").write_bytes(server.behavior.data[:offset])
+
+    path = _fetch(_entry(server), tmp_path, retries=0)
+
+    assert server.behavior.requests == [(PATH, f"bytes={offset}-"), (PATH, None)]
+    assert path.read_bytes() == server.behavior.data
+
+
+def test_read_timeout_resumes(server, tmp_path):
+    server.behavior.drop_after = DROP_AFTER
+    server.behavior.drops_left = 1
+    server.behavior.stall = True
+
+    path = _fetch(_entry(server), tmp_path, retries=1, timeout=0.3)
+
+    assert server.behavior.requests[1] == (PATH, f"bytes={DROP_AFTER}-")
     assert path.read_bytes() == server.behavior.data
 
 
@@ -256,7 +297,7 @@ def test_range_ignored_restarts(server, tmp_path):
 
     path = _fetch(_entry(server), tmp_path)
 
-    assert server.behavior.requests[0][1] == "bytes=29000-"
+    assert server.behavior.requests == [(PATH, "bytes=29000-")]
     assert path.read_bytes() == server.behavior.data
 
 
@@ -280,10 +321,11 @@ def test_http_500_retried_then_fails(server, tmp_path):
         _fetch(entry, tmp_path, retries=2)
 
     message = str(error.value)
-    assert "500" in message
+    assert "HTTP 500" in message
     assert entry.url in message
     assert len(server.behavior.requests) == 3
     assert not (tmp_path / "weights.bin").exists()
+    assert not (tmp_path / "weights.bin.part").exists()
 
 
 def test_offline_missing_no_request(server, tmp_path):
@@ -375,8 +417,12 @@ def test_connection_refused_is_weights_error(tmp_path):
     with pytest.raises(WeightsError) as error:
         _fetch(entry, tmp_path, retries=1)
 
-    assert entry.url in str(error.value)
+    message = str(error.value)
+    assert entry.url in message
+    assert "after 2 attempts" in message
+    assert "Check the network connection" in message
     assert not (tmp_path / "weights.bin").exists()
+    assert not (tmp_path / "weights.bin.part").exists()
 
 
 def test_weights_dir_from_env(tmp_path, monkeypatch):
@@ -386,28 +432,51 @@ def test_weights_dir_from_env(tmp_path, monkeypatch):
 
 
 def test_weights_dir_default():
-    assert weights.weights_dir() == weights.Path(weights.__file__).resolve().parent.parent / "models"
+    assert weights.weights_dir() == Path(weights.__file__).resolve().parent.parent / "models"
 
 
-def test_progress_starts_at_offset(server, tmp_path, monkeypatch):
-    bars = []
+class RecordingBar:
+    """Stand-in for tqdm that records its arguments, its count, and whether the final file exists per update."""
 
-    class RecordingBar:
-        def __init__(self, **kwargs):
-            self.kwargs = kwargs
-            self.count = kwargs["initial"]
-            bars.append(self)
+    instances = []
 
-        def update(self, count):
-            self.count += count
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+        self.count = kwargs["initial"]
+        self.final_seen = []  # whether the final file existed at each update
+        RecordingBar.instances.append(self)
 
-        def __enter__(self):
-            return self
+    def update(self, count):
+        self.count += count
+        path = Path(self.watch_folder) / "weights.bin"
+        self.final_seen.append(path.exists())
 
-        def __exit__(self, *exc_info):
-            return False
+    def __enter__(self):
+        return self
 
+    def __exit__(self, *exc_info):
+        return False
+
+
+@pytest.fixture
+def recording_bar(monkeypatch, tmp_path):
+    RecordingBar.instances = []
+    RecordingBar.watch_folder = tmp_path
     monkeypatch.setattr(weights, "tqdm", RecordingBar)
+    return RecordingBar.instances
+
+
+def test_final_absent_during_download(server, tmp_path, recording_bar):
+    path = _fetch(_entry(server), tmp_path, progress=True)
+
+    bar = recording_bar[0]
+    assert len(bar.final_seen) > 1
+    assert not any(bar.final_seen)
+    assert path.exists()
+
+
+def test_progress_starts_at_offset(server, tmp_path, recording_bar):
+    bars = recording_bar
     offset = 200_000
     (tmp_path / "weights.bin.part").write_bytes(server.behavior.data[:offset])
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 import requests
+import urllib3
 from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
@@ -55,9 +56,9 @@ REGISTRY = {
         # NOTE: size and sha256 of ffhq.pkl are unknown because this machine cannot reach the CDN, so the
         # download is not verified. Fill both in from a download (fetch() logs the sha256 it computed).
         WeightFile(
-            "ffhq",
-            "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/ffhq.pkl",
-            "ffhq.pkl",
+            name="ffhq",
+            url="https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/ffhq.pkl",
+            filename="ffhq.pkl",
             description="StyleGAN2-ADA FFHQ 1024x1024 generator pickle from NVlabs/stylegan2-ada-pytorch "
             "(NVIDIA Source Code License-NC)",
         ),
@@ -67,6 +68,10 @@ REGISTRY = {
 
 class _TransientError(Exception):
     """A download attempt failed in a way that a retry may fix (dropped connection, timeout, 5xx)."""
+
+
+class _RestartFromZero(Exception):
+    """The .part file did not match the server's file and was deleted, so the download starts over at once."""
 
 
 def weights_dir() -> Path:
@@ -95,7 +100,8 @@ def _offline_from_env() -> bool:
     if value in _FALSE_VALUES:
         return False
     raise WeightsError(
-        f"invalid {OFFLINE_ENV}={value!r}. Set it to 1, true or yes for offline mode, or 0, false, no or unset it"
+        f"invalid {OFFLINE_ENV}={value!r}. "
+        f"Set it to 1, true or yes for offline mode, or to 0, false or no (or unset it) to allow downloads"
     )
 
 
@@ -107,18 +113,18 @@ def fetch(
     retries: int = 3,
     timeout: float = 60.0,
 ) -> Path:
-    """Return the local path of a weights file, downloading it into the cache folder when missing.
+    """Download a weights file into the cache folder unless it is present, and return its local path.
 
     name_or_entry: a REGISTRY name or a WeightFile.
-    cache_dir: folder for the file; None means weights_dir().
+    cache_dir: folder for the file, or None for weights_dir().
     offline: True raises instead of downloading; None reads $SG2_OFFLINE (1, true or yes means offline).
     progress: show a tqdm bar while downloading.
-    retries: extra attempts after a dropped connection, timeout or 5xx response; each resumes the .part file.
+    retries: extra attempts after a dropped connection, timeout or 5xx response. Each resumes the .part file.
     timeout: seconds to wait for the connection and for each read from the server.
 
     A present file is returned without network access after a size check (when the size is known).
     The download goes to <filename>.part, is checked against the known size and sha256, and is then
-    renamed to <filename>, so the final name never holds a partial file. Raises WeightsError on any failure.
+    renamed to <filename>, so the final name never contains a partial file. Raises WeightsError on any failure.
     """
     entry = _resolve_entry(name_or_entry)
     if not isinstance(retries, int) or retries < 0:
@@ -142,15 +148,22 @@ def fetch(
             f"or set {WEIGHTS_DIR_ENV} to the folder that contains it"
         )
 
+    # NOTE: two processes fetching the same file at once append to the same .part file. The size and
+    # sha256 checks catch the mixed result only for entries where they are known.
+    part = folder / (entry.filename + PART_SUFFIX)
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        digest = _download_with_retries(entry, part, progress, retries, timeout)
+        _verify(entry, part, digest)
+        _commit(part, path)
+    except requests.RequestException as error:
+        raise WeightsError(f"download of {entry.url} failed: {_describe(error)}") from None
     except OSError as error:
-        raise WeightsError(f"cannot create the weights folder {folder}: {error}. Set {WEIGHTS_DIR_ENV}") from None
-
-    part = folder / (entry.filename + PART_SUFFIX)
-    digest = _download_with_retries(entry, part, progress, retries, timeout)
-    _verify(entry, part, digest)
-    _commit(part, path)
+        # Caught after requests' errors, which subclass OSError, so this is a local file error.
+        raise WeightsError(
+            f"cannot write {part} or {path}: {error}. "
+            f"Free disk space, or set {WEIGHTS_DIR_ENV} to a writable folder"
+        ) from None
     return path
 
 
@@ -165,31 +178,39 @@ def _check_present_size(entry: WeightFile, path: Path) -> None:
         )
 
 
-def _download_with_retries(entry: WeightFile, part: Path, progress: bool, retries: int, timeout: float) -> str:
-    """Download entry.url into `part`, resuming it after each transient failure; return the sha256 hex digest."""
+def _download_with_retries(
+    entry: WeightFile, part: Path, progress: bool, retries: int, timeout: float
+) -> str:
+    """Download entry.url into `part`, resuming after transient failures, and return the sha256 hex digest."""
     attempt = 0
     while True:
         try:
             return _download_once(entry, part, progress, timeout)
+        except _RestartFromZero as error:
+            # Not counted as a retry: the part is gone, so the next request has no Range and cannot restart.
+            logger.warning("%s", error)
+            continue
         except _TransientError as error:
             reason = error
-        except requests.RequestException as error:
-            raise WeightsError(f"download of {entry.url} failed: {_describe(error)}") from None
-        except OSError as error:
-            # Caught after requests' errors, which subclass OSError, so this is a local file error.
-            raise WeightsError(f"cannot write {part}: {error}. Free disk space or set {WEIGHTS_DIR_ENV}") from None
 
         attempt += 1
         received = _part_size(part)
         if attempt > retries:
-            raise WeightsError(
-                f"download of {entry.url} failed after {retries} retries: {reason}. "
-                f"The {received} bytes received are kept in {part}, and running again resumes from there"
-            )
+            _raise_gave_up(entry, part, received, attempt, reason)
         logger.warning(
-            "download of %s failed at %d bytes (%s), retry %d of %d", entry.url, received, reason, attempt, retries
+            "download of %s failed at %d bytes (%s), retry %d of %d",
+            entry.url, received, reason, attempt, retries,
         )
         time.sleep(attempt * RETRY_BACKOFF_S)
+
+
+def _raise_gave_up(entry: WeightFile, part: Path, received: int, attempts: int, reason: Exception) -> None:
+    message = f"download of {entry.url} failed after {attempts} attempts: {reason}. "
+    if received == 0:
+        raise WeightsError(message + "Check the network connection and the URL, then run again")
+    raise WeightsError(
+        message + f"The {received} bytes received are kept in {part}, and running again resumes from there"
+    )
 
 
 def _part_size(part: Path) -> int:
@@ -197,7 +218,7 @@ def _part_size(part: Path) -> int:
 
 
 def _download_once(entry: WeightFile, part: Path, progress: bool, timeout: float) -> str:
-    """Make one request for the rest of the file and append it to `part`; return the sha256 of the whole part."""
+    """Request the rest of the file, append it to `part` and return the sha256 of the whole part."""
     offset = _part_size(part)
     # identity encoding keeps byte offsets and Content-Length in terms of the file itself.
     headers = {"Accept-Encoding": "identity"}
@@ -223,6 +244,12 @@ def _download_once(entry: WeightFile, part: Path, progress: bool, timeout: float
                 f"Check that the URL of {entry.name!r} is still valid"
             )
 
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise WeightsError(
+                f"{entry.url} sent Content-Encoding {encoding!r} although identity was requested. "
+                f"Download the file by hand and place it at {part.parent / entry.filename}"
+            )
         if response.status_code == 206:
             _check_content_range(entry, part, response, offset)
         elif offset:
@@ -232,11 +259,16 @@ def _download_once(entry: WeightFile, part: Path, progress: bool, timeout: float
 
 
 def _handle_range_not_satisfiable(entry: WeightFile, part: Path, response) -> str:
+    """Return the sha256 of a part the server reports as complete, or delete a part of the wrong length."""
     total = _content_range_total(response.headers.get("Content-Range", ""))
     offset = _part_size(part)
     if total is not None and total != offset:
         part.unlink()
-        raise _TransientError(f"{part} has {offset} bytes but the file on the server has {total}, so it starts over")
+        raise _RestartFromZero(
+            f"{part} had {offset} bytes but {entry.url} has {total}, so the download starts over"
+        )
+
+    # Without a total in Content-Range, _verify is the only check, and only for a known size or sha256.
     return _sha256_of(part).hexdigest()
 
 
@@ -247,22 +279,34 @@ def _content_range_total(header: str) -> Optional[int]:
 
 def _check_content_range(entry: WeightFile, part: Path, response, offset: int) -> None:
     """Raise if a 206 response does not start at `offset`, because appending it would corrupt the part."""
-    match = re.fullmatch(r"bytes (\d+)-\d+/(?:\d+|\*)", response.headers.get("Content-Range", "").strip())
-    if match is None or int(match.group(1)) != offset:
-        part.unlink()
-        header = response.headers.get("Content-Range")
-        raise _TransientError(f"{entry.url} answered Range bytes={offset}- with Content-Range {header!r}")
+    header = response.headers.get("Content-Range", "")
+    match = re.fullmatch(r"bytes (\d+)-\d+/(?:\d+|\*)", header.strip())
+    if match is not None and int(match.group(1)) == offset:
+        return
+
+    message = f"{entry.url} returned Content-Range {header!r} for a request of bytes {offset}-"
+    if offset == 0:
+        raise WeightsError(
+            f"{message}. The server does not follow HTTP range semantics, so download the file by hand"
+        )
+    part.unlink()
+    raise _RestartFromZero(f"{message}, so the part was deleted and the download starts over")
 
 
 def _write_body(entry: WeightFile, part: Path, response, offset: int, progress: bool) -> str:
     """Append the response body to `part` (truncated to `offset` first) and return the sha256 of the part."""
+    if not hasattr(response.raw, "read1"):
+        raise WeightsError(
+            f"urllib3 {urllib3.__version__} has no HTTPResponse.read1, which the resumable download needs. "
+            f"Upgrade it with: pip install -U urllib3"
+        )
+
     # The digest covers the bytes already in the part, then each chunk as it is written.
     digest = _sha256_of(part, limit=offset)
     length = response.headers.get("Content-Length")
     expected = int(length) if length is not None and length.isdigit() else None
     total = offset + expected if expected is not None else entry.size
 
-    received = 0
     bar = tqdm(
         total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
         desc=entry.filename, disable=not progress,
@@ -270,19 +314,31 @@ def _write_body(entry: WeightFile, part: Path, response, offset: int, progress: 
     # Append mode after truncating to `offset` drops any bytes past it (all of them after a 200 restart).
     with bar, open(part, "ab") as file:
         file.truncate(offset)
-        try:
-            for chunk in response.iter_content(chunk_size=CHUNK_SIZE):
-                file.write(chunk)
-                digest.update(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:
-            # urllib3 reports a connection closed before Content-Length as ChunkedEncodingError.
-            raise _TransientError(_describe(error)) from None
+        received = _copy_body(response, file, digest, bar)
 
     if expected is not None and received != expected:
         raise _TransientError(f"connection closed after {received} of {expected} bytes")
     return digest.hexdigest()
+
+
+def _copy_body(response, file, digest, bar) -> int:
+    """Write the response body to `file`, update `digest` and `bar`, and return the number of bytes written."""
+    received = 0
+    try:
+        # read1 returns what one socket read delivers, so every byte received is written before a
+        # dropped connection or a timeout raises. requests' iter_content fills whole chunks instead and
+        # loses the partly filled one (seen with requests 2.34 and urllib3 2.8).
+        while True:
+            chunk = response.raw.read1(CHUNK_SIZE, decode_content=False)
+            if not chunk:
+                return received
+            file.write(chunk)
+            digest.update(chunk)
+            received += len(chunk)
+            bar.update(len(chunk))
+    except urllib3.exceptions.HTTPError as error:
+        # A connection closed before Content-Length raises ProtocolError, a stalled one ReadTimeoutError.
+        raise _TransientError(_describe(error)) from None
 
 
 def _sha256_of(path: Path, limit: Optional[int] = None):
@@ -308,7 +364,7 @@ def _verify(entry: WeightFile, part: Path, digest: str) -> None:
         part.unlink()
         raise WeightsError(
             f"downloaded {entry.filename} from {entry.url} has {actual_size} bytes, expected {entry.size}. "
-            f"The partial file was deleted. Run again, and if this repeats the registry entry is out of date"
+            f"The download was deleted. Run again, and if this repeats the registry entry is out of date"
         )
     if entry.sha256 is not None and digest != entry.sha256.lower():
         part.unlink()
@@ -317,7 +373,10 @@ def _verify(entry: WeightFile, part: Path, digest: str) -> None:
             f"The download was deleted. Run again, and if this repeats the registry entry is out of date"
         )
     if entry.sha256 is None:
-        logger.info("%s: %d bytes, sha256 %s (not in the registry, so not verified)", entry.filename, actual_size, digest)
+        logger.info(
+            "%s: %d bytes, sha256 %s (not in the registry, so not verified)",
+            entry.filename, actual_size, digest,
+        )
 
 
 def _commit(part: Path, path: Path) -> None:
@@ -328,7 +387,7 @@ def _commit(part: Path, path: Path) -> None:
 
 
 def _describe(error: Exception) -> str:
-    """Return a one-line description of a requests error, without the nested urllib3 traceback text."""
+    """Return the first line of a requests or urllib3 error, prefixed with its type name."""
     return f"{type(error).__name__}: {error}".splitlines()[0]
 
 
@@ -353,11 +412,11 @@ def print_registry(folder: Path, out=None) -> None:
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m utils.weights",
-        description="List the pretrained weights registry, or download the named files into the cache folder.",
+        description="List the pretrained weights registry, or download the named files into the cache.",
     )
     parser.add_argument(
         "names", nargs="*", metavar="NAME",
-        help=f"registry names to download ({', '.join(sorted(REGISTRY))}); none lists the registry",
+        help=f"registry names to download ({', '.join(sorted(REGISTRY))}). Without names, list the registry",
     )
     parser.add_argument(
         "--dir", type=Path, default=None,
@@ -365,13 +424,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--offline", action="store_true",
-        help=f"never download; fail if a file is missing (the same as {OFFLINE_ENV}=1)",
+        help=f"never download, and fail if a file is missing (the same as {OFFLINE_ENV}=1)",
     )
     return parser
 
 
 def main(argv=None) -> int:
-    """Run the command line; return the exit status (0 on success, 1 when a download failed)."""
+    """Run the command line and return the exit status: 0 on success, 1 when a file could not be fetched."""
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     folder = args.dir.expanduser().resolve() if args.dir is not None else weights_dir()
