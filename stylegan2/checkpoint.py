@@ -145,7 +145,7 @@ def _recorded_init_kwargs(record, path) -> dict:
     kwargs.update(zip(("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels"), args))
     kwargs["synthesis_kwargs"] = dict(kwargs.get("synthesis_kwargs") or {})
 
-    # The layers' own attributes say what was really built; legacy.py --force-fp16, for one, rebuilds
+    # The layers' own attributes record what was really built; legacy.py --force-fp16, for one, rebuilds
     # networks with other fp16 and clamp settings than the kwargs recorded at first.
     fp16_blocks = 0
     for name, child in iter_records(record):
@@ -210,7 +210,7 @@ def _torch_load(path):
         if "argparse.Namespace" in found and "g_ema" in found:
             raise CheckpointError(_ROSINALITY_MESSAGE.format(path=path)) from None
         raise CheckpointError(
-            f"refused to load {path}: it needs Python objects beyond tensors and plain containers "
+            f"rejected {path}: it needs Python objects beyond tensors and plain containers "
             f"({rejection_detail(error)}). Nothing from the file was run"
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as error:

@@ -42,7 +42,11 @@ def layer_ws_indices(G: nn.Module) -> dict:
     indices = {}
     start = 0
     for block in G.synthesis.blocks():
-        names = (["conv0"] if hasattr(block, "conv0") else []) + ["conv1"] + (["torgb"] if block.num_torgb else [])
+        names = ["conv1"]
+        if hasattr(block, "conv0"):
+            names.insert(0, "conv0")
+        if block.num_torgb:
+            names.append("torgb")
         for offset, layer in enumerate(names):
             indices[f"b{block.resolution}.{layer}"] = start + offset
         start += block.num_conv

@@ -36,7 +36,7 @@ class AttrDict(dict):
 
 
 class TFNetworkStub(dict):
-    """Stand-in for dnnlib.tflib.network.Network of the TensorFlow-era pickles; holds its pickled state."""
+    """Stand-in for dnnlib.tflib.network.Network of the TensorFlow-era pickles; keeps its pickled state."""
 
     def __setstate__(self, state):
         self.update(state)
@@ -59,7 +59,7 @@ def _record_from_meta(meta):
 def _numpy_dtype(*args):
     dtype = np.dtype(*args)
     if dtype.hasobject:
-        raise CheckpointError(f"refused numpy dtype {dtype}: object arrays can hold arbitrary Python objects")
+        raise CheckpointError(f"rejected numpy dtype {dtype}: object arrays can hold arbitrary Python objects")
     return dtype
 
 
@@ -73,14 +73,14 @@ def _numpy_scalar(dtype, data=None):
 def _numpy_reconstruct(subtype, shape, dtype_code):
     # Used by TensorFlow-era pickles for numpy arrays; the array state follows through __setstate__.
     if subtype is not np.ndarray:
-        raise CheckpointError("refused numpy array subclass in the pickle")
+        raise CheckpointError("rejected a numpy array subclass in the pickle")
     return np.ndarray.__new__(np.ndarray, shape, dtype_code)
 
 
 def _latin1_encode(text, encoding="latin1"):
     # Protocol 2 writes bytes objects as _codecs.encode(str, "latin1").
     if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
-        raise CheckpointError(f"refused _codecs.encode with encoding {encoding!r}")
+        raise CheckpointError(f"rejected _codecs.encode with encoding {encoding!r}")
     return text.encode("latin1")
 
 
@@ -96,11 +96,11 @@ def _load_storage(blob):
     try:
         return torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as error:
-        raise CheckpointError(f"refused a tensor storage: {rejection_detail(error)}") from None
+        raise CheckpointError(f"rejected a tensor storage: {rejection_detail(error)}") from None
 
 
 def rejection_detail(error: Exception) -> str:
-    """The line of a torch weights-only rejection that names the refused global."""
+    """Return the line of a torch weights-only error that names the rejected global."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
     return (named or lines or [type(error).__name__])[0]
@@ -138,13 +138,13 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _ALLOWED_GLOBALS[(module, name)]
         except KeyError:
             raise CheckpointError(
-                f"refused to load: the pickle references the global '{module}.{name}', which a StyleGAN2 "
+                f"rejected: the pickle references the global '{module}.{name}', which a StyleGAN2 "
                 f"network pickle never contains. Nothing from the file was run; do not open it with "
                 f"pickle.load either, because that would run it"
             ) from None
 
     def persistent_load(self, pid):
-        raise CheckpointError("refused to load: the pickle uses persistent ids, which network pickles never do")
+        raise CheckpointError("rejected: the pickle uses persistent ids, which network pickles never do")
 
 
 def restricted_load(file) -> object:

@@ -35,7 +35,7 @@ SMOKE_GENERATOR_KWARGS = dict(
 
 @dataclass
 class Run:
-    """Where and how a notebook or command runs."""
+    """Settings of one notebook or command run: profile, device and output folder."""
 
     profile: str  # "smoke" or "full" (auto already resolved)
     device: torch.device
