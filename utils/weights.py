@@ -62,6 +62,23 @@ REGISTRY = {
             description="StyleGAN2-ADA FFHQ 1024x1024 generator pickle from NVlabs/stylegan2-ada-pytorch "
             "(NVIDIA Source Code License-NC)",
         ),
+        # NOTE: size and sha256 of both CLIP files are unknown because this machine cannot reach the Hugging
+        # Face hub, so these downloads are not verified either.
+        # The URLs are the hub repositories that open_clip 3.3.0 names for the "openai" tag.
+        WeightFile(
+            name="clip-vit-b32",
+            url="https://huggingface.co/timm/vit_base_patch32_clip_224.openai/resolve/main/open_clip_model.safetensors",
+            filename="clip-vit-b32.safetensors",
+            description="OpenAI CLIP ViT-B/32 in open_clip's safetensors layout, from timm's hub mirror "
+            "(MIT license of openai/CLIP)",
+        ),
+        WeightFile(
+            name="clip-vit-b16",
+            url="https://huggingface.co/timm/vit_base_patch16_clip_224.openai/resolve/main/open_clip_model.safetensors",
+            filename="clip-vit-b16.safetensors",
+            description="OpenAI CLIP ViT-B/16 in open_clip's safetensors layout, from timm's hub mirror "
+            "(MIT license of openai/CLIP)",
+        ),
     ]
 }
 
