@@ -59,7 +59,9 @@ class Trainer:
         self.G_train = copy.deepcopy(G_source)
         self.G_train.synthesis.gradient_checkpointing = config.gradient_checkpointing
         self.source_sha256 = state_dict_sha256(G_source)
+        # Mixed precision covers CLIP only (the guide's autocast); the loss scaler keeps its fp16 gradients.
         self.use_amp = config.amp and self.device.type == "cuda"
+        guide.autocast = self.use_amp
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
 
         self.step = 0
@@ -141,11 +143,11 @@ class Trainer:
             ws = self.G_source.mapping(z, None, truncation_psi=config.truncation_psi)
             source_embedding = self.guide.encode_images(self.G_source.synthesis(ws, noise_mode="const"))
 
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
-            adapted = self.G_train.synthesis(ws, noise_mode="const")
-            adapted_embedding = self.guide.encode_images(adapted)
-            terms = self.loss_terms(source_embedding, adapted_embedding)
-            total = sum(weight * terms[name] for name, weight in self._loss_weights().items())
+        # The generator runs its own fp16 blocks on CUDA; autocast would also put its fp32 blocks in fp16.
+        adapted = self.G_train.synthesis(ws, noise_mode="const")
+        adapted_embedding = self.guide.encode_images(adapted)
+        terms = self.loss_terms(source_embedding, adapted_embedding)
+        total = sum(weight * terms[name] for name, weight in self._loss_weights().items())
 
         self._check_finite(total, "loss", terms)
         self.optimizer.zero_grad(set_to_none=True)
