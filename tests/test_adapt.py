@@ -273,3 +273,13 @@ def test_config_unknown_key(tmp_path):
     path.write_text(json.dumps({"defaults": {"learning_rate": 0.1}, "domains": {"anime": {}}}))
     with pytest.raises(ValueError, match=r"unknown configuration keys \['learning_rate'\]"):
         load_config("anime", "smoke", path=path)
+
+
+def test_mapping_control_trains_mapping(tmp_path):
+    trainer = _trainer(tmp_path, layers=["mapping"])
+    trainer.setup()
+    before = _trainable(trainer)
+    trainer.train_step()
+    changed = {name for name, p in trainer.G_train.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and all(name.startswith("mapping.") for name in changed)
+    assert torch.equal(trainer.G_train.mapping.w_avg, trainer.G_source.mapping.w_avg)

@@ -105,6 +105,8 @@ class Trainer:
     def _build_optimizer(self, layers) -> None:
         self.layers = list(layers)
         self.enabled = freeze_except(self.G_train, self.layers)
+        # Only when the mapping network itself trains does the adapted image come from its own mapping.
+        self.train_mapping = any(name.startswith("mapping.") for name in self.enabled)
         parameters = dict(self.G_train.named_parameters())
         self.optimizer = torch.optim.Adam(
             [parameters[name] for name in self.enabled], lr=self.config.lr, betas=tuple(self.config.betas)
@@ -144,7 +146,7 @@ class Trainer:
             source_embedding = self.guide.encode_images(self.G_source.synthesis(ws, noise_mode="const"))
 
         # The generator runs its own fp16 blocks on CUDA; autocast would also put its fp32 blocks in fp16.
-        adapted = self.G_train.synthesis(ws, noise_mode="const")
+        adapted = self.G_train.synthesis(self._adapted_ws(z, ws), noise_mode="const")
         adapted_embedding = self.guide.encode_images(adapted)
         terms = self.loss_terms(source_embedding, adapted_embedding)
         total = sum(weight * terms[name] for name, weight in self._loss_weights().items())
@@ -159,6 +161,12 @@ class Trainer:
         values = {name: float(value.detach()) for name, value in terms.items()}
         values["loss"] = float(total.detach())
         return values
+
+    def _adapted_ws(self, z, ws):
+        """The adapted generator's ws: the source's, unless the mapping network is being trained."""
+        if not self.train_mapping:
+            return ws
+        return self.G_train.mapping(z, None, truncation_psi=self.config.truncation_psi, skip_w_avg_update=True)
 
     def loss_terms(self, source_embedding, adapted_embedding) -> dict:
         """The named loss terms (each already weighted over the CLIP models) that have a non-zero weight."""
@@ -224,7 +232,7 @@ class Trainer:
         was_training = self.G_train.synthesis.training
         self.G_train.synthesis.eval()
         source = self.G_source.synthesis(ws, noise_mode="const").float().cpu()
-        adapted = self.G_train.synthesis(ws, noise_mode="const").float().cpu()
+        adapted = self.G_train.synthesis(self._adapted_ws(z, ws), noise_mode="const").float().cpu()
         self.G_train.synthesis.train(was_training)
         return torch.cat([source, adapted])
 
