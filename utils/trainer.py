@@ -92,15 +92,16 @@ class Trainer:
         with torch.no_grad():
             ws = self.G_source.mapping(z, None, truncation_psi=self.config.truncation_psi)
 
-        def global_loss(img):
-            return self._weighted(losses.global_loss, self.guide.encode_images(img), self.target_embedding)
-
         layers, change = choose_layers_adaptively(
-            self.G_train, ws, global_loss, k=self.config.adaptive_k, steps=self.config.adaptive_steps
+            self.G_train, ws, self.global_loss, k=self.config.adaptive_k, steps=self.config.adaptive_steps
         )
         log.info("adaptive selection chose %s (ws change per entry %s)", layers, [round(c, 5) for c in change.tolist()])
         self.adaptive_change = change.tolist()
         return layers
+
+    def global_loss(self, img):
+        """The global CLIP loss of images [N, C, H, W] to the target, summed over the CLIP models."""
+        return self._weighted(losses.global_loss, self.guide.encode_images(img), self.target_embedding)
 
     def _build_optimizer(self, layers) -> None:
         self.layers = list(layers)
