@@ -6,6 +6,16 @@ import tempfile
 from pathlib import Path
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner only; final files get the usual mode (0o666 minus umask).
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path`; on success move it over `path` in one step, on error delete it.
@@ -21,6 +31,7 @@ def atomic_path(path):
         yield Path(temporary)
         with open(temporary, "rb+") as written:
             os.fsync(written.fileno())  # the data must be on disk before the rename makes it visible
+        os.chmod(temporary, _FILE_MODE)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

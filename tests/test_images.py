@@ -82,3 +82,13 @@ def test_save_image_atomic(tmp_path):
     path = save_image(image_grid(torch.zeros([1, 3, 4, 4])), tmp_path / "grid.png")
     assert Image.open(path).size == (4, 4)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png"]
+
+
+def test_saved_file_has_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    path = save_image(image_grid(torch.zeros([1, 3, 4, 4])), tmp_path / "grid.png")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask

@@ -51,7 +51,7 @@ def from_pil(images, resolution: int = None, channels: int = 3) -> torch.Tensor:
     for image in images:
         if not isinstance(image, Image.Image):
             raise TypeError(f"expected PIL images, got {type(image).__name__}")
-        image = _to_mode(image, _MODES[channels])
+        image = convert_mode(image, _MODES[channels])
         if resolution is not None:
             image = image.resize((resolution, resolution), Image.LANCZOS)
         array = np.asarray(image, dtype=np.float32)
@@ -64,7 +64,8 @@ def from_pil(images, resolution: int = None, channels: int = 3) -> torch.Tensor:
     return batch / 127.5 - 1
 
 
-def _to_mode(image, mode):
+def convert_mode(image: Image.Image, mode: str) -> Image.Image:
+    """Convert a PIL image of any mode to "RGB" or "L": 16/32-bit scaled to 8 bits, transparency on white."""
     if image.mode == mode:
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
