@@ -38,7 +38,7 @@ class AdaptConfig:
     sample_seeds: list = field(default_factory=lambda: list(range(8)))  # fixed latents of the sample grids
     metric_seeds: list = field(default_factory=lambda: list(range(100, 116)))  # latents of the CLIP-score metric
     amp: bool = True  # mixed precision for CLIP on CUDA; ignored on the CPU
-    gradient_checkpointing: bool = False  # recompute synthesis blocks in backward to save memory
+    gradient_checkpointing: bool = True  # recompute synthesis blocks in backward: ~1.5 GiB less at 1024 px
     profile: str = "smoke"  # "smoke" or "full"
 
     def validate(self) -> "AdaptConfig":
