@@ -1,6 +1,7 @@
 """Both notebooks run top to bottom in the smoke profile and write their figures to output_dir."""
 
 import json
+import math
 from pathlib import Path
 
 import papermill
@@ -31,10 +32,37 @@ def test_notebook_committed_without_outputs(name):
     assert len(tagged) == 1
 
 
-def test_research_smoke_writes_samples(tmp_path):
+def _finite_numbers(value, path="json"):
+    """Yield (path, value) for every number in a JSON document that is not finite."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _finite_numbers(item, f"{path}[{key!r}]")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _finite_numbers(item, f"{path}[{index}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        yield path, value
+
+
+def test_research_smoke_writes_everything(tmp_path):
     output_dir = _execute("research", tmp_path)
-    grid = Image.open(output_dir / "source_samples.png")
-    assert grid.size == (4 * 64, 2 * 64)
+
+    expected = ["layers.csv", "layers.json", "style_mixing_coarse.png", "style_mixing_middle.png",
+                "style_mixing_fine.png", "study.csv", "study.json", "study.png", "study_conclusion.json",
+                "research_run.json"]
+    for domain in ("anime", "sketch", "watercolor"):
+        expected += [f"models/{domain}.pt", f"metrics/{domain}.json", f"training/{domain}/loss.png",
+                     f"training/{domain}/train_log.jsonl"]
+    missing = [name for name in expected if not (output_dir / name).is_file()]
+    assert missing == []
+
+    study = json.loads((output_dir / "study.json").read_text())
+    assert len(study) == 3 * 7  # 3 domains x (mapping, b4 ... b64, torgb) at 64 px
+    for name in ["study.json", "study_conclusion.json", "research_run.json", "metrics/anime.json"]:
+        assert list(_finite_numbers(json.loads((output_dir / name).read_text()))) == [], name
+    metrics = json.loads((output_dir / "metrics" / "anime.json").read_text())
+    assert {"clip_score/gain", "lpips_intra_cluster/adapted", "identity/source_vs_adapted"} <= set(metrics)
+    assert "verdict" in json.loads((output_dir / "study_conclusion.json").read_text())
 
 
 def test_inference_smoke_writes_samples(tmp_path):

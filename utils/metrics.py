@@ -352,7 +352,7 @@ def evaluate_generators(
     truncation_psi: float = 0.7,
     templates: Sequence[str] = IMAGENET_TEMPLATES,  # prompt templates averaged for the CLIP score
     batch_size: int = 4,  # images per generator, CLIP, LPIPS and identity call
-    lpips_clusters: int = LPIPS_CLUSTERS,  # clusters for the intra-cluster LPIPS diversity
+    lpips_clusters: int = LPIPS_CLUSTERS,  # clusters of the intra-cluster LPIPS diversity; 0 skips that metric
 ) -> dict:
     """Render source and adapted images from the same latents and compute every metric as a float.
 
@@ -368,7 +368,8 @@ def evaluate_generators(
     The functions receive CPU float32 images [B, C, H, W] in [-1, 1] and must move them to their device.
     NOTE: both image sets stay in CPU memory, 2 * N * 12 MiB for RGB at 1024 px.
     """
-    seeds = _check_seeds(seeds, lpips_distance is not None, lpips_clusters)
+    with_clusters = lpips_distance is not None and lpips_clusters > 0
+    seeds = _check_seeds(seeds, with_clusters, lpips_clusters)
 
     # Render both generators from the same z.
     source_images = generate(G_source, seeds, truncation_psi=truncation_psi, batch_size=batch_size)
@@ -386,9 +387,10 @@ def evaluate_generators(
         _hyperdomainnet_metrics(guide, source_embeddings, adapted_embeddings, hdn_text_embedding)
     )
 
-    if lpips_distance is not None:
+    if with_clusters:
         matrix = pairwise_distance_matrix(adapted_images, lpips_distance, batch_size)
         metrics["lpips_intra_cluster/adapted"] = intra_cluster_distance(matrix, lpips_clusters)
+    if lpips_distance is not None:
         metrics["lpips/source_vs_adapted"] = paired_mean(
             lpips_distance, source_images, adapted_images, batch_size
         )

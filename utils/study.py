@@ -64,13 +64,11 @@ def run_layer_study(
     configs: dict,  # {domain: AdaptConfig}; each run takes its prompts, lr, batch and seed from here
     direction_for,  # domain -> (direction, target_embedding), as utils.adapt.compute_direction returns
     evaluate,  # (G_source, G_adapted, config) -> dict of metrics (utils.metrics.evaluate_generators)
-    out_dir,
     steps: int,  # training steps per run, the same for every group
     adaptive_repeats: int = 5,
     adaptive_k: int = 3,
 ) -> list:
     """Adapt one group at a time for every domain; returns one row (a dict of plain numbers) per run."""
-    out_dir = Path(out_dir)
     rows = []
     groups = study_groups(G_source)
     bar = tqdm(total=len(configs) * len(groups), desc="layer study", unit="run", dynamic_ncols=True)
@@ -79,7 +77,7 @@ def run_layer_study(
         picks = None
         for group, spec in groups:
             config = dataclasses.replace(base_config, layers=spec, adaptive_k=0, iterations=steps)
-            trainer = Trainer(G_source, guide, direction, target_embedding, config, out_dir / "study" / domain / group)
+            trainer = Trainer(G_source, guide, direction, target_embedding, config)
             trainer.setup()
             if picks is None:
                 picks = adaptive_pick_rates(trainer, adaptive_repeats, adaptive_k, config.adaptive_batch, config.seed)
@@ -155,7 +153,7 @@ def plot_study(rows: list, metrics: list, out_path) -> Path:
     return save_figure(figure, out_path)
 
 
-def conclude(rows: list, gain_metric: str = "clip_gain", preservation_metric: str = "lpips_source_adapted") -> dict:
+def conclude(rows: list, gain_metric: str = "clip_score/gain", preservation_metric: str = "lpips/source_vs_adapted") -> dict:
     """Rank the groups and state whether the data support the middle-block hypothesis.
 
     Each group's score is its mean CLIP gain divided by (1 + its mean LPIPS change), so a group that

@@ -40,16 +40,18 @@ class TrainingError(RuntimeError):
 class Trainer:
     """Adapts a copy of `G_source` towards the target of `direction` under `config`."""
 
-    def __init__(self, G_source, guide, direction, target_embedding, config: AdaptConfig, out_dir):
+    def __init__(self, G_source, guide, direction, target_embedding, config: AdaptConfig, out_dir=None):
         """
         G_source: the frozen source generator (left unchanged).
         guide: the CLIP models (utils.clip_model.ClipGuide) that embed images.
         direction: per CLIP model, the unit direction [D] from source to target in CLIP space.
         target_embedding: per CLIP model, the target embedding [D] of the global loss and the metric.
+        out_dir: folder of logs, samples and checkpoints; None for a trainer that only runs train_step().
         """
         self.config = config.validate()
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         self.device = next(G_source.parameters()).device
         self.guide = guide
         self.direction = direction
@@ -74,6 +76,9 @@ class Trainer:
 
     def setup(self, resume: bool = False) -> None:
         """Choose the trainable layers and build the optimizer, or restore both from the checkpoint."""
+        if self.out_dir is None:
+            self._build_optimizer(self._choose_layers())
+            return
         _remove_stale_temporaries(self.out_dir)
         checkpoint_path = self.out_dir / CHECKPOINT_NAME
         if resume and checkpoint_path.exists():
@@ -117,6 +122,8 @@ class Trainer:
 
     def train(self) -> None:
         """Run the remaining steps up to config.iterations, writing logs, samples and checkpoints."""
+        if self.out_dir is None:
+            raise ValueError("train() writes logs and checkpoints: build the Trainer with an out_dir")
         config = self.config
         self.G_train.synthesis.train()  # the unfused modulated convolution, as StyleGAN2 trains
         bar = tqdm(total=config.iterations, initial=self.step, desc=config.domain, unit="step", dynamic_ncols=True)

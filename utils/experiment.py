@@ -1,0 +1,135 @@
+"""The models and settings both notebooks share: source generator, CLIP, LPIPS, identity, domains.
+
+An Experiment loads each model once for its profile (the real weights in `full`, tiny random stand-ins in
+`smoke`) and offers the steps the notebooks run: train a domain, evaluate a generator, record provenance.
+"""
+
+import hashlib
+import logging
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from stylegan2 import load_generator
+from stylegan2.fileio import atomic_write_bytes
+
+from .adapt import adapt, build_guide, compute_direction, load_source
+from .identity import describe_batch, descriptor_similarity
+from .metrics import evaluate_generators, write_metrics
+from .perceptual import load_lpips, lpips_distance, random_lpips
+from .profiles import REPO_ROOT, Run
+from .provenance import code_version, state_dict_sha256
+from .train_config import DEFAULT_CONFIG_FILE, load_config
+
+log = logging.getLogger(__name__)
+
+DOMAINS = ("anime", "sketch", "watercolor")
+
+
+class Experiment:
+    """Loaded models and per-domain configurations for one notebook run."""
+
+    def __init__(self, run: Run, domains=DOMAINS, config_path=DEFAULT_CONFIG_FILE, overrides: dict = None):
+        self.run = run
+        self.started = time.time()
+        self.configs = {domain: load_config(domain, run.profile, overrides, path=config_path) for domain in domains}
+        first = next(iter(self.configs.values()))
+        self.G_source = load_source(run.profile, run.device)
+        self.guide = build_guide(first, run.device)
+        self.lpips = load_lpips(run.device) if run.profile == "full" else random_lpips(device=run.device)
+        self._directions = {}
+        self._descriptors = {}  # identity descriptors by image bytes: the study renders the same sources often
+
+    @property
+    def models_dir(self) -> Path:
+        """Where trained domain generators go: models/ for full runs, <output_dir>/models for smoke runs."""
+        return REPO_ROOT / "models" if self.run.profile == "full" else self.run.output_dir / "models"
+
+    def direction_for(self, domain: str):
+        """(direction, target embedding) of a domain, computed once."""
+        if domain not in self._directions:
+            self._directions[domain] = compute_direction(self.G_source, self.guide, self.configs[domain])
+        return self._directions[domain]
+
+    def lpips_pairs(self, img_a, img_b):
+        """LPIPS [B] between CPU image batches, computed on the run's device."""
+        device = self.run.device
+        return lpips_distance(self.lpips, img_a.to(device), img_b.to(device)).cpu()
+
+    def identity_pairs(self, img_a, img_b):
+        """Cosine similarity [B] of dlib face descriptors of CPU image batches, caching each image's descriptor."""
+        vectors = [self._descriptor(image) for image in torch.cat([img_a, img_b])]
+        count = img_a.shape[0]
+        return [descriptor_similarity(vectors[i], vectors[count + i]) for i in range(count)]
+
+    def _descriptor(self, image):
+        key = hashlib.sha256(image.numpy().tobytes()).hexdigest()
+        if key not in self._descriptors:
+            self._descriptors[key] = describe_batch(image[None])[0][0]
+        return self._descriptors[key]
+
+    def evaluate(self, G_adapted, domain: str, seeds, lpips_clusters: int = 10) -> dict:
+        """All metrics of an adapted generator against the source (utils.metrics.evaluate_generators)."""
+        config = self.configs[domain]
+        return evaluate_generators(
+            self.G_source,
+            G_adapted,
+            self.guide,
+            config.target_text,
+            seeds,
+            lpips_distance=self.lpips_pairs,
+            identity_similarity=self.identity_pairs,
+            truncation_psi=config.truncation_psi,
+            lpips_clusters=lpips_clusters,
+        )
+
+    def train_domain(self, domain: str, out_dir, resume: bool = True) -> dict:
+        """Adapt the source generator to `domain`; the model is also copied to models_dir/<domain>.pt."""
+        summary = adapt(self.configs[domain], out_dir, resume=resume, G_source=self.G_source, guide=self.guide)
+        target = self.models_dir / f"{domain}.pt"
+        atomic_write_bytes(target, Path(summary["model"]).read_bytes())
+        summary["model"] = str(target)
+        return summary
+
+    def load_domain(self, domain: str):
+        """The trained generator of a domain from models_dir, on the run's device."""
+        return load_generator(self.models_dir / f"{domain}.pt", device=self.run.device)
+
+    def provenance(self) -> dict:
+        """What produced this run's results: profile, code, weights, configurations, versions."""
+        return dict(
+            profile=self.run.profile,
+            device=str(self.run.device),
+            code_version=code_version(),
+            source_weights_sha256=state_dict_sha256(self.G_source),
+            clip_models=self.guide.names,
+            configs={domain: config.to_dict() for domain, config in self.configs.items()},
+            torch=torch.__version__,
+            python=platform.python_version(),
+            seconds=round(time.time() - self.started, 1),
+        )
+
+    def write_json(self, data: dict, name: str) -> Path:
+        """Write `data` as <output_dir>/<name>, refusing non-finite numbers (utils.metrics.write_metrics)."""
+        return write_metrics(data, self.run.output_dir / name)
+
+
+
+# Budgets of the research notebook per profile. The full budget fits about 75 minutes on a 6 GB GPU
+# (an estimate from the step times of the 1024 px generator; it was not measured on such a GPU here).
+RESEARCH_DEFAULTS = {
+    "full": dict(study_steps=60, study_seeds=16, adaptive_repeats=5, eval_seeds=64),
+    "smoke": dict(study_steps=2, study_seeds=4, adaptive_repeats=2, eval_seeds=12),
+}
+
+
+def research_settings(profile: str, **chosen) -> dict:
+    """The notebook's budgets: the profile's defaults, replaced by every value in `chosen` that is not None."""
+    settings = dict(RESEARCH_DEFAULTS[profile])
+    settings.update({key: value for key, value in chosen.items() if value is not None})
+    unknown = sorted(set(settings) - set(RESEARCH_DEFAULTS[profile]))
+    if unknown:
+        raise ValueError(f"unknown settings {unknown}; valid: {sorted(RESEARCH_DEFAULTS[profile])}")
+    return settings
