@@ -79,6 +79,15 @@ REGISTRY = {
             description="OpenAI CLIP ViT-B/16 in open_clip's safetensors layout, from timm's hub mirror "
             "(MIT license of openai/CLIP)",
         ),
+        # NOTE: torchvision's file name carries only the first 8 hex digits of the sha256 (397923af), so the
+        # full sha256 and the exact size are unknown here and the download is not verified.
+        WeightFile(
+            name="vgg16",
+            url="https://download.pytorch.org/models/vgg16-397923af.pth",
+            filename="vgg16-397923af.pth",
+            description="ImageNet VGG16 state_dict of torchvision (VGG16_Weights.IMAGENET1K_V1), the LPIPS "
+            "backbone of utils.perceptual (BSD-3-Clause per timm's vgg16.tv_in1k model card)",
+        ),
     ]
 }
 
