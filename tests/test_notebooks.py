@@ -65,7 +65,20 @@ def test_research_smoke_writes_everything(tmp_path):
     assert "verdict" in json.loads((output_dir / "study_conclusion.json").read_text())
 
 
-def test_inference_smoke_writes_samples(tmp_path):
+def test_inference_smoke_edits_photos(tmp_path):
     output_dir = _execute("inference", tmp_path)
-    grid = Image.open(output_dir / "inference_samples.png")
-    assert grid.size == (4 * 64, 64)
+
+    expected = ["samples_by_domain.png", "photos/astronaut.png", "photos/grace_hopper.png", "photo_metrics.json",
+                "inference_run.json"]
+    expected += [f"interpolation_{domain}.png" for domain in ("anime", "sketch", "watercolor")]
+    missing = [name for name in expected if not (output_dir / name).is_file()]
+    assert missing == []
+
+    metrics = json.loads((output_dir / "photo_metrics.json").read_text())
+    assert sorted(metrics) == ["astronaut", "grace_hopper"]
+    assert list(_finite_numbers(metrics)) == []
+    assert {"reconstruction/lpips", "reconstruction/mse", "identity/reconstruction", "identity/watercolor"} <= set(
+        metrics["astronaut"]
+    )
+    row = Image.open(output_dir / "photos" / "astronaut.png")
+    assert row.width == 6 * 64  # original, aligned, reconstruction and three domains at 64 px

@@ -97,6 +97,20 @@ class Experiment:
         """The trained generator of a domain from models_dir, on the run's device."""
         return load_generator(self.models_dir / f"{domain}.pt", device=self.run.device)
 
+    def domain_generators(self, train_missing: bool = True) -> dict:
+        """{domain: trained generator} from models_dir; a missing model is trained first (or raises)."""
+        generators = {}
+        for domain in self.configs:
+            if not (self.models_dir / f"{domain}.pt").exists():
+                if not train_missing:
+                    raise FileNotFoundError(
+                        f"{self.models_dir / (domain + '.pt')} is missing; run research.ipynb to train it"
+                    )
+                print(f"{domain}: no trained model in {self.models_dir}, training it now")
+                self.train_domain(domain, self.run.output_dir / "training" / domain)
+            generators[domain] = self.load_domain(domain)
+        return generators
+
     def provenance(self) -> dict:
         """What produced this run's results: profile, code, weights, configurations, versions."""
         return dict(
@@ -125,11 +139,27 @@ RESEARCH_DEFAULTS = {
 }
 
 
+# Budgets of the inference notebook: the official projector runs 1000 steps and PTI 350.
+INFERENCE_DEFAULTS = {
+    "full": dict(projection_steps=1000, pti_steps=350),
+    "smoke": dict(projection_steps=30, pti_steps=10),
+}
+
+
 def research_settings(profile: str, **chosen) -> dict:
-    """The notebook's budgets: the profile's defaults, replaced by every value in `chosen` that is not None."""
-    settings = dict(RESEARCH_DEFAULTS[profile])
+    """The research notebook's budgets: the profile's defaults, replaced by each value in `chosen` not None."""
+    return _settings(RESEARCH_DEFAULTS[profile], chosen)
+
+
+def inference_settings(profile: str, **chosen) -> dict:
+    """The inference notebook's budgets: the profile's defaults, replaced by each value in `chosen` not None."""
+    return _settings(INFERENCE_DEFAULTS[profile], chosen)
+
+
+def _settings(defaults: dict, chosen: dict) -> dict:
+    settings = dict(defaults)
     settings.update({key: value for key, value in chosen.items() if value is not None})
-    unknown = sorted(set(settings) - set(RESEARCH_DEFAULTS[profile]))
+    unknown = sorted(set(settings) - set(defaults))
     if unknown:
-        raise ValueError(f"unknown settings {unknown}; valid: {sorted(RESEARCH_DEFAULTS[profile])}")
+        raise ValueError(f"unknown settings {unknown}; valid: {sorted(defaults)}")
     return settings
