@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def build_guide(config: AdaptConfig, device) -> ClipGuide:
-    """The CLIP models of a run: tiny random ones in the smoke profile, pretrained ones otherwise."""
+    """Build the CLIP models of a run: tiny random ones in the smoke profile, pretrained ones otherwise."""
     if config.profile == "smoke":
         models = [tiny_clip(seed=i).to(device) for i, _ in enumerate(config.clip_models)]
         return ClipGuide(models, weights=config.clip_model_weights, names=[f"tiny{i}" for i in range(len(models))])
@@ -44,7 +44,7 @@ def build_guide(config: AdaptConfig, device) -> ClipGuide:
 
 
 def load_source(profile: str, device):
-    """The source generator: the tiny stand-in in the smoke profile, FFHQ 1024 in the full profile."""
+    """Load the source generator: the tiny stand-in in the smoke profile, FFHQ 1024 in the full profile."""
     from stylegan2 import load_generator
 
     if profile == "smoke":

@@ -16,7 +16,7 @@ from .sampling import z_from_seeds
 
 
 def layer_table(G) -> list:
-    """One row per layer: name, kind, resolution, ws index, parameter shapes and number of values."""
+    """List one row per layer: name, kind, resolution, ws index, parameter shapes and number of values."""
     rows = []
     for row in group_table(G):
         shapes = "; ".join(f"{name} {shape}" for name, shape in row["shapes"].items())
@@ -37,14 +37,14 @@ def write_layer_table(rows: list, out_dir) -> tuple:
 
 
 def format_table(rows: list, columns: list) -> str:
-    """A Markdown table of `columns` for display in a notebook."""
+    """Format `columns` of the rows as a Markdown table for display in a notebook."""
     lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
     lines += ["| " + " | ".join(str(row[column]) for column in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def mixing_ranges(num_ws: int) -> dict:
-    """Coarse, middle and fine ranges of ws entries, as the StyleGAN paper splits them at 1024 px.
+    """Return the coarse, middle and fine ranges of ws entries, split as the StyleGAN paper does at 1024 px.
 
     At 1024 px (18 entries) coarse is 0-3 (4-8 px: pose, face shape), middle 4-7 (16-32 px: features,
     hair style) and fine 8-17 (64-1024 px: colour scheme, micro-structure) (Karras et al. 2019, section
@@ -57,7 +57,7 @@ def mixing_ranges(num_ws: int) -> dict:
 
 @torch.no_grad()
 def style_mixing_grid(G, row_seeds, column_seeds, ws_range, truncation_psi=0.7) -> Image.Image:
-    """A grid whose cell (r, c) takes ws[ws_range] from column_seeds[c] and the rest from row_seeds[r].
+    """Render a grid whose cell (r, c) takes ws[ws_range] from column_seeds[c], the rest from row_seeds[r].
 
     The top row shows the column sources and the left column the row sources; the corner stays blank.
     """
@@ -89,7 +89,7 @@ def save_style_mixing(G, row_seeds, column_seeds, out_dir, truncation_psi=0.7) -
 
 
 def _label(image: Image.Image, text: str) -> Image.Image:
-    """Add a white strip with `text` above the image."""
+    """Return the image with a white strip holding `text` above it."""
     strip = 14 + image.width // 128
     labelled = Image.new("RGB", (image.width, image.height + strip), "white")
     labelled.paste(image.convert("RGB"), (0, strip))

@@ -37,7 +37,7 @@ def list_photos(folder) -> list:
 
 
 def blend_generators(G_source, G_domain, alpha: float):
-    """A generator whose parameters are source + alpha * (domain - source); buffers from the source.
+    """Return a generator whose parameters are source + alpha * (domain - source), buffers from the source.
 
     alpha 0 is the source, 1 the domain; values between interpolate the style.
     """
@@ -51,7 +51,7 @@ def blend_generators(G_source, G_domain, alpha: float):
 
 @torch.no_grad()
 def interpolation_strip(G_source, G_domain, seeds, alphas=(0.0, 0.25, 0.5, 0.75, 1.0), truncation_psi=0.7):
-    """A grid with one row per seed and one column per alpha of blend_generators."""
+    """Render a grid with one row per seed and one column per alpha of blend_generators."""
     columns = [generate(blend_generators(G_source, G_domain, alpha), seeds, truncation_psi) for alpha in alphas]
     images = torch.stack(columns, dim=1).flatten(0, 1)  # [seeds * alphas, C, H, W], row-major
     return image_grid(images, columns=len(alphas))

@@ -48,18 +48,18 @@ class Experiment:
         return REPO_ROOT / "models" if self.run.profile == "full" else self.run.output_dir / "models"
 
     def direction_for(self, domain: str):
-        """(direction, target embedding) of a domain, computed once."""
+        """Return (direction, target embedding) of a domain, computed once and cached."""
         if domain not in self._directions:
             self._directions[domain] = compute_direction(self.G_source, self.guide, self.configs[domain])
         return self._directions[domain]
 
     def lpips_pairs(self, img_a, img_b):
-        """LPIPS [B] between CPU image batches, computed on the run's device."""
+        """Compute LPIPS [B] between CPU image batches on the run's device."""
         device = self.run.device
         return lpips_distance(self.lpips, img_a.to(device), img_b.to(device)).cpu()
 
     def identity_pairs(self, img_a, img_b):
-        """Cosine similarity [B] of dlib face descriptors of CPU image batches, caching each image's descriptor."""
+        """Compute the cosine similarity [B] of dlib face descriptors of CPU image batches, caching descriptors."""
         vectors = [self._descriptor(image) for image in torch.cat([img_a, img_b])]
         count = img_a.shape[0]
         return [descriptor_similarity(vectors[i], vectors[count + i]) for i in range(count)]
@@ -71,7 +71,7 @@ class Experiment:
         return self._descriptors[key]
 
     def evaluate(self, G_adapted, domain: str, seeds, lpips_clusters: int = 10) -> dict:
-        """All metrics of an adapted generator against the source (utils.metrics.evaluate_generators)."""
+        """Compute all metrics of an adapted generator against the source (utils.metrics.evaluate_generators)."""
         config = self.configs[domain]
         return evaluate_generators(
             self.G_source,
@@ -94,11 +94,11 @@ class Experiment:
         return summary
 
     def load_domain(self, domain: str):
-        """The trained generator of a domain from models_dir, on the run's device."""
+        """Load the trained generator of a domain from models_dir onto the run's device."""
         return load_generator(self.models_dir / f"{domain}.pt", device=self.run.device)
 
     def domain_generators(self, train_missing: bool = True) -> dict:
-        """{domain: trained generator} from models_dir; a missing model is trained first (or raises)."""
+        """Load {domain: trained generator} from models_dir, training a missing model first (or raising)."""
         generators = {}
         for domain in self.configs:
             if not (self.models_dir / f"{domain}.pt").exists():
@@ -112,7 +112,7 @@ class Experiment:
         return generators
 
     def provenance(self) -> dict:
-        """What produced this run's results: profile, code, weights, configurations, versions."""
+        """Return what produced this run's results: profile, code, weights, configurations, versions."""
         return dict(
             profile=self.run.profile,
             device=str(self.run.device),
@@ -131,8 +131,8 @@ class Experiment:
 
 
 
-# Budgets of the research notebook per profile. The full budget fits about 75 minutes on a 6 GB GPU
-# (an estimate from the step times of the 1024 px generator; it was not measured on such a GPU here).
+# Budgets of the research notebook per profile. The full budget aims at about 75 minutes on a 6 GB GPU.
+# NOTE: that time is an estimate, not measured: no GPU run of the full profile has been made yet.
 RESEARCH_DEFAULTS = {
     "full": dict(study_steps=60, study_seeds=16, adaptive_repeats=5, eval_seeds=64),
     "smoke": dict(study_steps=2, study_seeds=4, adaptive_repeats=2, eval_seeds=12),
@@ -147,12 +147,12 @@ INFERENCE_DEFAULTS = {
 
 
 def research_settings(profile: str, **chosen) -> dict:
-    """The research notebook's budgets: the profile's defaults, replaced by each value in `chosen` not None."""
+    """Return the research notebook's budgets: the profile's defaults, updated by the non-None `chosen`."""
     return _settings(RESEARCH_DEFAULTS[profile], chosen)
 
 
 def inference_settings(profile: str, **chosen) -> dict:
-    """The inference notebook's budgets: the profile's defaults, replaced by each value in `chosen` not None."""
+    """Return the inference notebook's budgets: the profile's defaults, updated by the non-None `chosen`."""
     return _settings(INFERENCE_DEFAULTS[profile], chosen)
 
 

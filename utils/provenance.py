@@ -1,4 +1,4 @@
-"""What a result was made from: weight hashes and the code version, recorded with every run."""
+"""Provenance of results: weight hashes and the code version, recorded with every run."""
 
 import hashlib
 import subprocess
@@ -35,7 +35,7 @@ def file_sha256(path) -> str:
 
 
 def code_version(root: Path = REPO_ROOT) -> str:
-    """The git commit of the code, with "+dirty" when files differ from it; "unknown" outside a checkout."""
+    """Return the git commit of the code, with "+dirty" when files differ from it; "unknown" outside git."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True

@@ -34,7 +34,7 @@ HYPOTHESIS_BLOCKS = ("b64", "b128", "b256")
 
 
 def study_groups(G) -> list:
-    """(group name, layer spec) for the study: mapping, every block's convolutions, and all ToRGB layers."""
+    """List (group name, layer spec) for the study: mapping, each block's convolutions, all ToRGB layers."""
     groups = [("mapping", ["mapping"])]
     groups += [(f"b{res}", [f"b{res}"]) for res in G.synthesis.block_resolutions]
     groups.append(("torgb", ["torgb"]))
@@ -42,7 +42,7 @@ def study_groups(G) -> list:
 
 
 def adaptive_pick_rates(trainer: Trainer, repeats: int, k: int, batch: int, seed: int) -> dict:
-    """How often the adaptive selection picks each block, over `repeats` independent latent batches.
+    """Count how often the adaptive selection picks each block over `repeats` independent latent batches.
 
     Returns {block name: fraction of repeats in which at least one of its convolutions was picked}.
     """
@@ -125,7 +125,7 @@ def write_study(rows: list, out_dir) -> tuple:
 
 
 def mean_by_group(rows: list, metric: str) -> dict:
-    """{group: mean of `metric` over the domains}, in the study's group order."""
+    """Average `metric` over the domains per group; returns {group: mean} in the study's group order."""
     groups = list(dict.fromkeys(row["group"] for row in rows))
     return {group: _mean([row[metric] for row in rows if row["group"] == group]) for group in groups}
 

@@ -1,8 +1,8 @@
 """The domain-adaptation trainer: a frozen source generator, a trainable copy, and CLIP losses between them.
 
-Each step samples latents, maps them with the frozen mapping network, renders them with both generators,
-and moves the trainable copy so that the CLIP-space change from source to adapted image points along the
-text (or image) direction (StyleGAN-NADA, Gal et al. 2021). The run writes a `.jsonl` log, loss plots,
+Each step samples latents, maps them with the frozen mapping network and renders them with both
+generators. The trainable copy then moves so that the CLIP-space change from source to adapted image
+points along the text (or image) direction (StyleGAN-NADA, Gal et al. 2021). The run writes a `.jsonl` log, loss plots,
 sample grids and atomic checkpoints to its output folder, and resumes exactly from the last checkpoint.
 """
 
@@ -105,7 +105,7 @@ class Trainer:
         return layers
 
     def global_loss(self, img):
-        """The global CLIP loss of images [N, C, H, W] to the target, summed over the CLIP models."""
+        """Compute the global CLIP loss of images [N, C, H, W] to the target, summed over the CLIP models."""
         return self._weighted(losses.global_loss, self.guide.encode_images(img), self.target_embedding)
 
     def _build_optimizer(self, layers) -> None:
@@ -171,13 +171,13 @@ class Trainer:
         return values
 
     def _adapted_ws(self, z, ws):
-        """The adapted generator's ws: the source's, unless the mapping network is being trained."""
+        """Return the adapted generator's ws: the source's, unless the mapping network is being trained."""
         if not self.train_mapping:
             return ws
         return self.G_train.mapping(z, None, truncation_psi=self.config.truncation_psi, skip_w_avg_update=True)
 
     def loss_terms(self, source_embedding, adapted_embedding) -> dict:
-        """The named loss terms (each already weighted over the CLIP models) that have a non-zero weight."""
+        """Compute the named loss terms with a non-zero weight, each summed over the weighted CLIP models."""
         terms = {}
         if self.config.direction_weight:
             terms["directional"] = self._weighted(
@@ -234,7 +234,7 @@ class Trainer:
 
     @torch.no_grad()
     def render_pairs(self, seeds):
-        """Source and adapted images [2 * len(seeds), C, H, W] for fixed seeds, source first."""
+        """Render source and adapted images [2 * len(seeds), C, H, W] for fixed seeds, source first."""
         z = z_from_seeds(seeds, self.G_source.z_dim).to(self.device)
         ws = self.G_source.mapping(z, None, truncation_psi=self.config.truncation_psi)
         was_training = self.G_train.synthesis.training
