@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from stylegan2 import save_generator
+from stylegan2 import CheckpointError, load_generator, save_generator
+from stylegan2.checkpoint import resolve_device
 from stylegan2.fileio import atomic_write_text
 
 from .clip_model import ClipGuide, load_guide, tiny_clip
@@ -27,8 +28,8 @@ from .profiles import PROFILES, REPO_ROOT, resolve_profile, smoke_generator
 from .provenance import code_version
 from .sampling import z_from_seeds
 from .train_config import DEFAULT_CONFIG_FILE, AdaptConfig, load_config
-from .trainer import Trainer
-from .weights import fetch
+from .trainer import Trainer, TrainingError
+from .weights import WeightsError, fetch
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,7 @@ def build_guide(config: AdaptConfig, device) -> ClipGuide:
 
 def load_source(profile: str, device):
     """Load the source generator: the tiny stand-in in the smoke profile, FFHQ 1024 in the full profile."""
-    from stylegan2 import load_generator
-
+    device = resolve_device(device)  # an unusable device fails here, before a download
     if profile == "smoke":
         return smoke_generator().to(device)
     return load_generator(fetch("ffhq"), device=device)
@@ -176,8 +176,17 @@ def main(argv=None) -> int:
         config = config_from_args(args)
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
+    if config.profile == "full" and not torch.cuda.is_available():
+        parser.error("--profile full needs a CUDA GPU and none is available here; use --profile smoke (tiny "
+                     "random models on the CPU)")
     out_dir = args.out or REPO_ROOT / "runs" / config.profile / "adapt" / config.domain
-    summary = adapt(config, out_dir, resume=args.resume)
+    if out_dir.exists() and not out_dir.is_dir():
+        parser.error(f"--out {out_dir} is a file; give a folder (it is created if missing)")
+    try:
+        summary = adapt(config, out_dir, resume=args.resume)
+    except (CheckpointError, WeightsError, TrainingError, ValueError, FileNotFoundError, PermissionError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     score = summary["clip_score"]
     print(f"wrote {summary['model']}")
     print(f"CLIP score to {config.target_text!r}: source {score['source']:.4f}, adapted {score['adapted']:.4f}, "
