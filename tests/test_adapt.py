@@ -146,7 +146,7 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
         return value * float("nan") if calls["count"] >= 3 else value
 
     monkeypatch.setattr(utils.losses, "directional_loss", loss_turning_nan)
-    with pytest.raises(TrainingError, match=r"loss is not finite at step 3 .*checkpoint\.pt, is kept"):
+    with pytest.raises(TrainingError, match=r"loss is not finite at step 3 .*checkpoint\.pt \(step 2\), is kept"):
         trainer.train()
 
     checkpoint = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
@@ -236,6 +236,14 @@ def test_cli_end_to_end_smoke(tmp_path):
     assert run["config"]["iterations"] == 4
 
 
+def test_cli_fresh_run_needs_overwrite(tmp_path, capsys):
+    arguments = ["--profile", "smoke", "--out", str(tmp_path), "--iterations", "2"]
+    assert adapt.main(arguments) == 0
+    assert adapt.main(arguments) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert adapt.main(arguments + ["--overwrite"]) == 0
+
+
 def test_cli_resume_continues(tmp_path):
     out = tmp_path / "sketch"
     arguments = ["--profile", "smoke", "--domain", "sketch", "--out", str(out), "--checkpoint-every", "2"]
@@ -253,6 +261,8 @@ def test_cli_resume_continues(tmp_path):
         (["--layers", "b64,b9999"], r"unknown layer names \['b9999'\]"),
         (["--domain", "oil"], "unknown domain 'oil'"),
         (["--batch", "0"], "batch must be a positive integer, got 0"),
+        (["--target-images", ","], "names no file"),
+        (["--target-images", "/"], "is a folder"),
     ],
 )
 def test_cli_bad_input_messages(arguments, message, tmp_path, capsys):
@@ -288,3 +298,81 @@ def test_mapping_control_trains_mapping(tmp_path):
     changed = {name for name, p in trainer.G_train.named_parameters() if not torch.equal(p, before[name])}
     assert changed and all(name.startswith("mapping.") for name in changed)
     assert torch.equal(trainer.G_train.mapping.w_avg, trainer.G_source.mapping.w_avg)
+
+
+def test_fresh_run_over_earlier_rejected(tmp_path):
+    first = _trainer(tmp_path, iterations=2)
+    first.setup()
+    first.train()
+    with pytest.raises(TrainingError, match="holds an earlier run .*--resume.*--overwrite"):
+        _trainer(tmp_path, iterations=2).setup()
+    assert (tmp_path / CHECKPOINT_NAME).exists()
+
+
+def test_overwrite_clears_earlier_outputs(tmp_path):
+    first = _trainer(tmp_path, iterations=3, sample_every=1)
+    first.setup()
+    first.train()
+    again = _trainer(tmp_path, iterations=3, sample_every=1)
+    again.setup(overwrite=True)
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
+    assert not (tmp_path / LOG_NAME).exists()
+    assert list((tmp_path / "samples").glob("*.png")) == []
+
+
+def test_unknown_layer_writes_nothing(tmp_path):
+    trainer = _trainer(tmp_path / "run", layers=["b8", "b999"])
+    with pytest.raises(ValueError, match="unknown layer names"):
+        trainer.setup()
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_past_iterations_rejected(tmp_path):
+    trainer = _trainer(tmp_path, iterations=4)
+    trainer.setup()
+    trainer.train()
+    with pytest.raises(TrainingError, match="at step 4, past iterations=2"):
+        _trainer(tmp_path, iterations=2).setup(resume=True)
+
+
+def test_resume_drops_partial_log_line(tmp_path):
+    trainer = _trainer(tmp_path, iterations=2)
+    trainer.setup()
+    trainer.train()
+    with open(tmp_path / LOG_NAME, "a") as file:
+        file.write('{"step": 3, "loss": 0.')  # a write cut short by a kill
+    resumed = _trainer(tmp_path, iterations=4)
+    resumed.setup(resume=True)
+    assert [record["step"] for record in resumed.history] == [1, 2]
+
+
+def test_interrupt_names_last_checkpoint(tmp_path, monkeypatch, caplog):
+    trainer = _trainer(tmp_path, iterations=6, checkpoint_every=2)
+    trainer.setup()
+    calls = {"count": 0}
+    real_step = trainer.train_step
+
+    def step_then_interrupt():
+        calls["count"] += 1
+        if calls["count"] == 4:
+            raise KeyboardInterrupt
+        return real_step()
+
+    monkeypatch.setattr(trainer, "train_step", step_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert "interrupted at step 3" in caplog.text
+    assert "(step 2), is kept; continue from it with --resume" in caplog.text
+
+
+def test_adaptive_k_too_large(tmp_path):
+    trainer = _trainer(tmp_path, adaptive_k=50, layers=[])
+    with pytest.raises(ValueError, match=r"adaptive_k=50 exceeds the 7 ws entries"):
+        trainer.setup()
+
+
+@pytest.mark.parametrize("changes,message", [({"lr": float("inf")}, "lr must be a positive finite"),
+                                             ({"betas": 5}, "betas must be two numbers")])
+def test_config_rejects_bad_numbers(changes, message):
+    with pytest.raises(ValueError, match=message):
+        _config(**changes)

@@ -70,10 +70,13 @@ def compute_direction(G_source, guide: ClipGuide, config: AdaptConfig):
     return image_direction(guide, config.target_images, source_images), embed_images(guide, config.target_images)
 
 
-def adapt(config: AdaptConfig, out_dir, resume: bool = False, G_source=None, guide=None, device=None) -> dict:
+def adapt(
+    config: AdaptConfig, out_dir, resume: bool = False, G_source=None, guide=None, device=None, overwrite=False
+) -> dict:
     """Train one domain; returns a summary with the output paths and the CLIP-score metric.
 
     G_source and guide default to the profile's models; pass them to reuse loaded models across domains.
+    resume and overwrite: see Trainer.setup.
     """
     out_dir = Path(out_dir)
     device = torch.device(device or ("cuda" if config.profile == "full" else "cpu"))
@@ -82,7 +85,7 @@ def adapt(config: AdaptConfig, out_dir, resume: bool = False, G_source=None, gui
     direction, target_embedding = compute_direction(G_source, guide, config)
 
     trainer = Trainer(G_source, guide, direction, target_embedding, config, out_dir)
-    trainer.setup(resume=resume)
+    trainer.setup(resume=resume, overwrite=overwrite)
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
@@ -126,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/<profile>/adapt/<domain>)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_FILE, help="domains and defaults (JSON)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt if present")
+    parser.add_argument("--overwrite", action="store_true", help="start over in an --out folder that holds an "
+                        "earlier run, deleting its checkpoint, log and samples")
     parser.add_argument("--source-text", help="prompt describing the source images (default: 'photo')")
     parser.add_argument("--target-text", help="prompt describing the target domain, e.g. 'anime painting'")
     parser.add_argument("--target-images", help="comma-separated reference image files; makes the run image-guided")
@@ -148,10 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> AdaptConfig:
+    target_images = _parse_list(args.target_images)
+    if args.target_images is not None and not target_images:
+        raise ValueError(f"--target-images {args.target_images!r} names no file; give comma-separated image paths")
     overrides = dict(
         source_text=args.source_text,
         target_text=args.target_text,
-        target_images=_parse_list(args.target_images),
+        target_images=target_images,
         layers=_parse_list(args.layers),
         adaptive_k=args.adaptive_k,
         iterations=args.iterations,
@@ -183,13 +191,17 @@ def main(argv=None) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         parser.error(f"--out {out_dir} is a file; give a folder (it is created if missing)")
     try:
-        summary = adapt(config, out_dir, resume=args.resume)
-    except (CheckpointError, WeightsError, TrainingError, ValueError, FileNotFoundError, PermissionError) as error:
+        summary = adapt(config, out_dir, resume=args.resume, overwrite=args.overwrite)
+    except (CheckpointError, WeightsError, TrainingError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with the same command plus --resume (out: {out_dir})", file=sys.stderr)
+        return 130
     score = summary["clip_score"]
+    target = f"the {len(config.target_images)} reference images" if config.target_images else repr(config.target_text)
     print(f"wrote {summary['model']}")
-    print(f"CLIP score to {config.target_text!r}: source {score['source']:.4f}, adapted {score['adapted']:.4f}, "
+    print(f"CLIP similarity to {target}: source {score['source']:.4f}, adapted {score['adapted']:.4f}, "
           f"gain {score['gain']:+.4f}")
     return 0
 

@@ -182,6 +182,8 @@ def load_square_image(item: Union[str, Path, Image.Image]) -> torch.Tensor:
         raise TypeError(f"expected an image file path or a PIL image, got {type(item).__name__}")
 
     path = Path(item).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"reference image {path} is a folder; name the image files in it")
     if not path.is_file():
         raise FileNotFoundError(f"reference image {path} not found. Check the path")
     try:

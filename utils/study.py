@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from stylegan2.fileio import atomic_write_text
 

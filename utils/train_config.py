@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,8 +49,11 @@ class AdaptConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
+        betas = self.betas if isinstance(self.betas, (list, tuple)) else ()
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         if not 0 < self.truncation_psi <= 1:
             raise ValueError(f"truncation_psi must be in (0, 1], got {self.truncation_psi!r}")
         if self.adaptive_k < 0:
@@ -80,7 +84,7 @@ class AdaptConfig:
             valid = ", ".join(f.name for f in dataclasses.fields(cls))
             raise ValueError(f"unknown configuration keys {unknown}; valid keys: {valid}")
         data = dict(data)
-        if "betas" in data:
+        if isinstance(data.get("betas"), (list, tuple)):
             data["betas"] = tuple(float(beta) for beta in data["betas"])
         return cls(**data)
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from stylegan2.fileio import atomic_path, atomic_write_text
 
@@ -50,8 +50,6 @@ class Trainer:
         """
         self.config = config.validate()
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
         self.device = next(G_source.parameters()).device
         self.guide = guide
         self.direction = direction
@@ -74,25 +72,43 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
 
-    def setup(self, resume: bool = False) -> None:
-        """Choose the trainable layers and build the optimizer, or restore both from the checkpoint."""
+    def setup(self, resume: bool = False, overwrite: bool = False) -> None:
+        """Choose the trainable layers and build the optimizer, or restore both from the checkpoint.
+
+        resume: continue from out_dir/checkpoint.pt when it exists.
+        overwrite: without resume, delete an earlier run's checkpoint, log and samples in out_dir first;
+            without it, a folder holding a run raises TrainingError, so nothing is lost by accident.
+        """
         if self.out_dir is None:
             self._build_optimizer(self._choose_layers())
             return
-        _remove_stale_temporaries(self.out_dir)
         checkpoint_path = self.out_dir / CHECKPOINT_NAME
         if resume and checkpoint_path.exists():
+            _remove_stale_temporaries(self.out_dir)
             self._load_checkpoint(checkpoint_path)
             return
         if resume:
             log.warning("no checkpoint in %s; starting from step 0", self.out_dir)
-        (self.out_dir / LOG_NAME).unlink(missing_ok=True)
-        layers = self._choose_layers()
-        self._build_optimizer(layers)
+        elif checkpoint_path.exists() and not overwrite:
+            raise TrainingError(
+                f"{self.out_dir} holds an earlier run ({checkpoint_path.name}); continue it with --resume, start "
+                f"over with --overwrite (deletes its checkpoint, log and samples), or use another output folder"
+            )
+
+        self._build_optimizer(self._choose_layers())  # checks the layer names before anything is written
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(self.out_dir)
+        _remove_run_outputs(self.out_dir)
 
     def _choose_layers(self) -> list:
         if not self.config.adaptive_k:
             return list(self.config.layers)
+        selectable = self.G_source.num_ws - 1  # the last entry feeds only the last ToRGB
+        if self.config.adaptive_k > selectable:
+            raise ValueError(
+                f"adaptive_k={self.config.adaptive_k} exceeds the {selectable} ws entries this generator's "
+                f"convolutions read; use adaptive_k <= {selectable}"
+            )
         z = torch.randn([self.config.adaptive_batch, self.G_source.z_dim], generator=self.sampler).to(self.device)
         with torch.no_grad():
             ws = self.G_source.mapping(z, None, truncation_psi=self.config.truncation_psi)
@@ -127,23 +143,33 @@ class Trainer:
         config = self.config
         self.G_train.synthesis.train()  # the unfused modulated convolution, as StyleGAN2 trains
         bar = tqdm(total=config.iterations, initial=self.step, desc=config.domain, unit="step", dynamic_ncols=True)
-        while self.step < config.iterations:
-            started = time.perf_counter()
-            terms = self.train_step()
-            self.step += 1
-            record = dict(step=self.step, **terms, seconds=round(time.perf_counter() - started, 4))
-            self._append_log(record)
-            bar.set_postfix({name: f"{value:.4f}" for name, value in terms.items()})
-            bar.update(1)
-
-            last = self.step == config.iterations
-            if self.step % config.sample_every == 0 or last:
-                self.write_samples()
-                plot_losses(self.out_dir / LOG_NAME, self.out_dir / "loss.png")
-            if self.step % config.checkpoint_every == 0 or last:
-                self.save_checkpoint()
+        try:
+            while self.step < config.iterations:
+                self._train_and_record(bar)
+        except KeyboardInterrupt:
+            bar.close()
+            log.warning("interrupted at step %d. %s", self.step, self._last_checkpoint_note())
+            raise
         bar.close()
         self.G_train.eval()
+
+    def _train_and_record(self, bar) -> None:
+        """One step with its log line, and the samples, plot and checkpoint that fall due."""
+        config = self.config
+        started = time.perf_counter()
+        terms = self.train_step()
+        self.step += 1
+        record = dict(step=self.step, **terms, seconds=round(time.perf_counter() - started, 4))
+        self._append_log(record)
+        bar.set_postfix({name: f"{value:.4f}" for name, value in terms.items()})
+        bar.update(1)
+
+        last = self.step == config.iterations
+        if self.step % config.sample_every == 0 or last:
+            self.write_samples()
+            plot_losses(self.out_dir / LOG_NAME, self.out_dir / "loss.png")
+        if self.step % config.checkpoint_every == 0 or last:
+            self.save_checkpoint()
 
     def train_step(self) -> dict:
         """One optimisation step; returns the named loss values."""
@@ -222,8 +248,9 @@ class Trainer:
     def _last_checkpoint_note(self) -> str:
         path = self.out_dir / CHECKPOINT_NAME
         if not path.exists():
-            return "No checkpoint was written yet; lower lr or check the prompts and start again"
-        return f"The last good checkpoint, {path}, is kept; resume from it with --resume, perhaps with a lower lr"
+            return "No checkpoint was written yet; start again (with a lower lr if the loss diverged)"
+        step = torch.load(path, map_location="cpu", weights_only=True)["step"]
+        return f"The last good checkpoint, {path} (step {step}), is kept; continue from it with --resume"
 
     # ------------------------------------------------------------------ outputs
 
@@ -305,6 +332,11 @@ class Trainer:
         if payload["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
         self.step = payload["step"]
+        if self.step > self.config.iterations:
+            raise TrainingError(
+                f"{path} is at step {self.step}, past iterations={self.config.iterations}; to continue it, "
+                f"give more iterations than {self.step}"
+            )
         self.history = _truncate_log(self.out_dir / LOG_NAME, self.step)
         log.info("resumed %s at step %d", path, self.step)
 
@@ -334,17 +366,34 @@ def _check_same_config(saved: dict, config: AdaptConfig, path) -> None:
     differing = sorted(key for key in current if key not in changeable and saved.get(key) != current[key])
     if differing:
         details = ", ".join(f"{key}: {saved.get(key)!r} -> {current[key]!r}" for key in differing)
-        raise TrainingError(f"{path} was written with other settings ({details}); resume with the same settings")
+        raise TrainingError(
+            f"{path} was written with other settings ({details}); resume with the same settings, or start over "
+            f"with --overwrite (notebooks: fresh_training=True), or use another output folder"
+        )
 
 
 def _truncate_log(path: Path, step: int) -> list:
     """Drop log lines written after `step` (an interrupted run may have logged past its last checkpoint)."""
     if not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    kept = [record for record in records if record["step"] <= step]
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            # A process killed while appending leaves a partial line; the checkpoint is what resume relies on.
+            log.warning("%s: dropping unreadable line %d", path, number)
+    kept = [record for record in records if isinstance(record, dict) and record.get("step", step + 1) <= step]
     atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
     return kept
+
+
+def _remove_run_outputs(folder: Path) -> None:
+    """Delete an earlier run's checkpoint, log, loss plot and sample grids, so they cannot mix with a new run."""
+    for name in (CHECKPOINT_NAME, LOG_NAME, "loss.png"):
+        (folder / name).unlink(missing_ok=True)
+    for grid in (folder / "samples").glob("step_*.png"):
+        grid.unlink()
 
 
 def _remove_stale_temporaries(folder: Path) -> None:
