@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.editing import blend_generators, edit_photo, interpolation_strip, list_photos, photo_row
+from utils.editing import blend_generators, edit_photo, edit_photos, interpolation_strip, list_photos, photo_row
 from utils.perceptual import random_lpips
 from utils.profiles import smoke_generator
 from tests.test_adapt import _source
@@ -61,3 +61,15 @@ def test_edit_photo_end_to_end():
     row = photo_row(edit)
     assert row.width == 4 * 64
     assert isinstance(row, Image.Image)
+
+
+def test_edit_photos_skips_faceless(tmp_path):
+    G = smoke_generator()
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (200, 200), (120, 130, 140)).save(blank)
+    metrics, failures = edit_photos(["pictures/photos/grace_hopper.jpg", blank], G, {}, random_lpips(),
+                                    tmp_path / "rows", projection_steps=2, pti_steps=1, progress=False)
+    assert sorted(metrics) == ["grace_hopper"]
+    assert list(failures) == ["blank"]
+    assert "no face found" in failures["blank"]
+    assert (tmp_path / "rows" / "grace_hopper.png").exists()

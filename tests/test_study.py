@@ -8,7 +8,7 @@ import torch
 
 from utils.clip_model import ClipGuide, tiny_clip
 from utils.directions import embed_text, text_direction
-from utils.experiment import research_settings
+from utils.experiment import parse_list, research_settings
 from utils.study import conclude, mean_by_group, run_layer_study, study_groups, write_study
 from utils.train_config import AdaptConfig
 from tests.test_adapt import _source
@@ -85,3 +85,30 @@ def test_research_settings_override():
     assert research_settings("smoke")["eval_seeds"] == 12
     with pytest.raises(ValueError, match=r"unknown settings \['steps'\]"):
         research_settings("full", steps=3)
+
+
+@pytest.mark.parametrize("value,expected", [
+    ('["anime", "sketch"]', ["anime", "sketch"]),
+    ("anime, sketch", ["anime", "sketch"]),
+    ("anime", ["anime"]),
+    (["watercolor"], ["watercolor"]),
+])
+def test_parse_list_forms(value, expected):
+    assert parse_list(value) == expected
+
+
+def test_parse_list_integers():
+    assert parse_list("[1, 2]", int) == [1, 2]
+    assert parse_list("3,4", int) == [3, 4]
+    with pytest.raises(ValueError, match="expected a list of int values"):
+        parse_list("a,b", int)
+
+
+@pytest.mark.parametrize("name,value", [("eval_seeds", 3), ("study_steps", 0), ("study_seeds", "x")])
+def test_research_settings_checked_up_front(name, value):
+    with pytest.raises(ValueError, match=rf"{name} must be an integer >= "):
+        research_settings("smoke", **{name: value})
+
+
+def test_settings_accept_numbers_as_text():
+    assert research_settings("smoke", study_steps="5")["study_steps"] == 5

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from .align import MultipleFacesWarning, align_face
+from .align import AlignmentError, MultipleFacesWarning, align_face
 from .identity import identity_similarity
-from .images import from_pil, image_grid, to_pil
+from .images import from_pil, image_grid, save_image, to_pil
 from .perceptual import lpips_distance
 from .projector import project
 from .pti import pivotal_tuning, transplant_domain
@@ -127,6 +127,30 @@ def _photo_metrics(target, pivot_only, reconstruction, stylised, aligned, lpips_
     for domain, image in stylised.items():
         metrics[f"identity/{domain}"] = identity_similarity(to_pil(image.cpu())[0], aligned)
     return metrics
+
+
+def edit_photos(photos, G_source, domain_generators, lpips_model, out_dir, face_indices=None, **options) -> tuple:
+    """Run edit_photo on each photo and save its row as <out_dir>/<name>.png; returns (metrics, failures).
+
+    A photo that cannot be aligned (no face, unreadable) is skipped with a message, so one bad file does
+    not stop the rest. metrics: {name: metrics dict}; failures: {name: error message}.
+    options: passed to edit_photo (projection_steps, pti_steps, seed, progress).
+    """
+    face_indices = dict(face_indices or {})
+    metrics, failures = {}, {}
+    for photo in photos:
+        photo = Path(photo)
+        try:
+            edit = edit_photo(photo, G_source, domain_generators, lpips_model,
+                              face_index=face_indices.get(photo.stem), **options)
+        except AlignmentError as error:
+            print(f"skipped {photo.name}: {error}")
+            failures[photo.stem] = str(error)
+            continue
+        path = save_image(photo_row(edit), Path(out_dir) / f"{edit.name}.png")
+        print("saved", path)
+        metrics[edit.name] = edit.metrics
+    return metrics, failures
 
 
 def photo_row(edit: PhotoEdit) -> Image.Image:

@@ -5,6 +5,7 @@ An Experiment loads each model once for its profile (the real weights in `full`,
 """
 
 import hashlib
+import json
 import logging
 import platform
 import time
@@ -32,6 +33,9 @@ class Experiment:
     """Loaded models and per-domain configurations for one notebook run."""
 
     def __init__(self, run: Run, domains=DOMAINS, config_path=DEFAULT_CONFIG_FILE, overrides: dict = None):
+        domains = parse_list(domains)
+        if not domains:
+            raise ValueError("domains is empty; name at least one domain of configs/domains.json")
         self.run = run
         self.started = time.time()
         self.configs = {domain: load_config(domain, run.profile, overrides, path=config_path) for domain in domains}
@@ -85,9 +89,13 @@ class Experiment:
             lpips_clusters=lpips_clusters,
         )
 
-    def train_domain(self, domain: str, out_dir, resume: bool = True) -> dict:
-        """Adapt the source generator to `domain`; the model is also copied to models_dir/<domain>.pt."""
-        summary = adapt(self.configs[domain], out_dir, resume=resume, G_source=self.G_source, guide=self.guide)
+    def train_domain(self, domain: str, out_dir, fresh: bool = False) -> dict:
+        """Adapt the source generator to `domain`; the model is also copied to models_dir/<domain>.pt.
+
+        An interrupted run in out_dir resumes; fresh=True deletes it and starts over instead.
+        """
+        summary = adapt(self.configs[domain], out_dir, resume=not fresh, overwrite=fresh, G_source=self.G_source,
+                        guide=self.guide)
         target = self.models_dir / f"{domain}.pt"
         atomic_write_bytes(target, Path(summary["model"]).read_bytes())
         summary["model"] = str(target)
@@ -146,6 +154,10 @@ INFERENCE_DEFAULTS = {
 }
 
 
+# Smallest value of each budget; the final evaluation clusters its images into 10 groups, so it needs 11.
+_MINIMUM = dict(study_steps=1, study_seeds=2, adaptive_repeats=1, eval_seeds=11, projection_steps=1, pti_steps=0)
+
+
 def research_settings(profile: str, **chosen) -> dict:
     """Return the research notebook's budgets: the profile's defaults, updated by the non-None `chosen`."""
     return _settings(RESEARCH_DEFAULTS[profile], chosen)
@@ -156,10 +168,35 @@ def inference_settings(profile: str, **chosen) -> dict:
     return _settings(INFERENCE_DEFAULTS[profile], chosen)
 
 
+def parse_list(value, item_type=str) -> list:
+    """Turn a notebook parameter into a list: a list stays, a string is read as JSON or as comma-separated.
+
+    papermill's -p passes every value as a string, so -p domains '["anime", "sketch"]' and
+    -p domains anime,sketch both arrive here as text.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = json.loads(text) if text.startswith("[") else [item for item in text.split(",") if item.strip()]
+        except json.JSONDecodeError:
+            raise ValueError(f"cannot read {value!r} as a list; write it as a,b,c or as a JSON list") from None
+    if not isinstance(value, (list, tuple)):
+        value = [value]
+    try:
+        return [item_type(item.strip() if isinstance(item, str) else item) for item in value]
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a list of {item_type.__name__} values, got {value!r}") from None
+
+
 def _settings(defaults: dict, chosen: dict) -> dict:
     settings = dict(defaults)
     settings.update({key: value for key, value in chosen.items() if value is not None})
     unknown = sorted(set(settings) - set(defaults))
     if unknown:
         raise ValueError(f"unknown settings {unknown}; valid: {sorted(defaults)}")
+    for name, value in settings.items():
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = settings[name] = int(value)  # papermill's -p may pass numbers as text
+        if isinstance(value, bool) or not isinstance(value, int) or value < _MINIMUM[name]:
+            raise ValueError(f"{name} must be an integer >= {_MINIMUM[name]}, got {value!r}")
     return settings

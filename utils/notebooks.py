@@ -4,6 +4,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from .profiles import PROFILES, REPO_ROOT, resolve_profile
 
 NOTEBOOKS = ("research", "inference")
@@ -18,6 +20,8 @@ def run_notebooks(profile: str = "auto", output_dir=None, names=NOTEBOOKS, runs_
     import papermill  # imported here: it is slow to import and only this command needs it
 
     profile = resolve_profile(profile)
+    if profile == "full" and not torch.cuda.is_available():
+        raise RuntimeError("profile 'full' needs a CUDA GPU and none is available here; use --profile smoke")
     runs_dir = Path(runs_dir) if runs_dir else REPO_ROOT / "runs" / profile
     runs_dir.mkdir(parents=True, exist_ok=True)
     parameters = dict(profile=profile)
@@ -38,14 +42,25 @@ def run_notebooks(profile: str = "auto", output_dir=None, names=NOTEBOOKS, runs_
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="./run.sh (python -m utils.notebooks)", description=__doc__)
     parser.add_argument("--profile", choices=PROFILES, default="auto", help="full (GPU, real weights), smoke "
                         "(CPU, tiny random models) or auto (full when a CUDA GPU is present, else smoke)")
     parser.add_argument("--output-dir", default=None, help="folder for figures and JSON (default: pictures/ for "
                         "full runs, runs/smoke/ for smoke runs)")
     parser.add_argument("--only", choices=NOTEBOOKS, action="append", help="run only this notebook (repeatable)")
     args = parser.parse_args(argv)
-    for path in run_notebooks(args.profile, args.output_dir, names=args.only or NOTEBOOKS):
+    from papermill.exceptions import PapermillExecutionError
+
+    try:
+        executed = run_notebooks(args.profile, args.output_dir, names=args.only or NOTEBOOKS)
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except PapermillExecutionError as error:
+        # The executed copy keeps the full traceback; one line is enough here.
+        print(f"error: cell {error.exec_count} failed with {error.ename}: {error.evalue}", file=sys.stderr)
+        return 1
+    for path in executed:
         print(f"done: {path}")
     return 0
 
