@@ -27,6 +27,7 @@ class Generator(nn.Module):
         synthesis_kwargs={},  # Passed to SynthesisNetwork, e.g. channel_base, num_fp16_res, conv_clamp.
     ):
         super().__init__()
+        _check_sizes(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels)
         self.z_dim = z_dim
         self.c_dim = c_dim
         self.w_dim = w_dim
@@ -67,3 +68,12 @@ class Generator(nn.Module):
             f"img_resolution={self.img_resolution}, img_channels={self.img_channels}"
         )
 
+
+def _check_sizes(**sizes) -> None:
+    """Raise ValueError unless every size is a plain integer, positive except z_dim and c_dim (>= 0)."""
+    for name, value in sizes.items():
+        minimum = 0 if name in ("z_dim", "c_dim") else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if sizes["z_dim"] == 0 and sizes["c_dim"] == 0:
+        raise ValueError("z_dim and c_dim are both 0, so the mapping network would have no input")

@@ -128,6 +128,7 @@ class MappingNetwork(nn.Module):
 
         # Truncation trick: pull w towards the mean by truncation_psi, for the first `truncation_cutoff`
         # entries of ws only when a cutoff is given.
+        self._check_truncation(truncation_psi, truncation_cutoff)
         if truncation_psi != 1:
             if self.w_avg_beta is None:
                 raise ValueError("truncation needs w_avg, but this mapping network was built with w_avg_beta=None")
@@ -136,6 +137,13 @@ class MappingNetwork(nn.Module):
             else:
                 x[:, :truncation_cutoff] = self.w_avg.lerp(x[:, :truncation_cutoff], truncation_psi)
         return x
+
+    def _check_truncation(self, psi, cutoff) -> None:
+        if isinstance(psi, bool) or not isinstance(psi, (int, float)) or not math.isfinite(psi):
+            raise ValueError(f"truncation_psi must be a finite number (1 disables truncation), got {psi!r}")
+        limit = self.num_ws if self.num_ws is not None else 0
+        if cutoff is not None and (isinstance(cutoff, bool) or not isinstance(cutoff, int) or not 0 <= cutoff <= limit):
+            raise ValueError(f"truncation_cutoff must be None or an integer in [0, {limit}], got {cutoff!r}")
 
     def extra_repr(self):
         return f"z_dim={self.z_dim}, c_dim={self.c_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}"

@@ -39,6 +39,8 @@ def check_input(tensor, name: str, shape: list, device: torch.device) -> None:
     if not tensor.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor of shape {wanted}, got dtype {tensor.dtype}")
     assert_shape(tensor, shape, name)
+    if tensor.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {list(tensor.shape)}); pass at least one sample")
     if tensor.device.type != device.type:
         raise ValueError(f"{name} is on {tensor.device}, but the generator is on {device}; use {name}.to({str(device)!r})")
 

@@ -181,3 +181,32 @@ def test_gradient_checkpointing_same_gradients(noise_mode):
     assert plain.keys() == checkpointed.keys()
     for name in plain:
         assert torch.allclose(plain[name], checkpointed[name], atol=1e-6, rtol=1e-5), name
+
+
+@pytest.mark.parametrize("psi", ["x", float("nan"), None])
+def test_truncation_psi_checked(G, psi):
+    with pytest.raises(ValueError, match="truncation_psi must be a finite number"):
+        G(torch.randn([1, 16]), truncation_psi=psi)
+
+
+@pytest.mark.parametrize("cutoff", [100, -1, "a", 2.5])
+def test_truncation_cutoff_checked(G, cutoff):
+    with pytest.raises(ValueError, match=r"truncation_cutoff must be None or an integer in \[0, 8\]"):
+        G(torch.randn([1, 16]), truncation_psi=0.5, truncation_cutoff=cutoff)
+
+
+def test_empty_batch_rejected(G):
+    with pytest.raises(ValueError, match="z is an empty batch"):
+        G(torch.randn([0, 16]))
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(img_channels=0), "img_channels must be an integer >= 1, got 0"),
+    (dict(img_resolution=32.0), "img_resolution must be an integer >= 1, got 32.0"),
+    (dict(w_dim="a"), "w_dim must be an integer >= 1"),
+    (dict(z_dim=-1), "z_dim must be an integer >= 0"),
+    (dict(z_dim=0), "z_dim and c_dim are both 0"),
+])
+def test_constructor_sizes_checked(changes, message):
+    with pytest.raises(ValueError, match=message):
+        Generator(**dict(TINY, **changes))
