@@ -296,3 +296,8 @@ def test_missing_models_package_named(monkeypatch):
     monkeypatch.setattr(align.importlib.util, "find_spec", find_spec)
     with pytest.raises(ModuleNotFoundError, match="pip install face_recognition_models"):
         align.model_path("shape_predictor_68_face_landmarks.dat")
+
+
+def test_transform_size_capped():
+    with pytest.raises(ValueError, match="transform_size=100000 is above 8192"):
+        align_face(PHOTOS / "astronaut.jpg", output_size=256, transform_size=100_000)

@@ -92,3 +92,8 @@ def test_saved_file_has_usual_permissions(tmp_path):
     os.umask(mask)
     path = save_image(image_grid(torch.zeros([1, 3, 4, 4])), tmp_path / "grid.png")
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+
+
+def test_save_onto_folder_rejected(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a folder; give a file path"):
+        save_image(image_grid(torch.zeros([1, 3, 4, 4])), tmp_path)

@@ -32,6 +32,7 @@ class ServerBehavior:
     wrong_content_range: bool = False  # respond to a Range request with the whole file labelled "bytes 0-"
     ignore_range: bool = False  # respond 200 with the whole file even when a Range header is sent
     status: Optional[int] = None  # respond to every request with this error status and no body
+    content_type: Optional[str] = None  # a Content-Type header to send, e.g. "text/html"
     requests: list = field(default_factory=list)  # (path, Range header or None) per request received
 
 
@@ -61,6 +62,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(206 if range_header is not None and not behavior.ignore_range else 200)
         if range_header is not None and not behavior.ignore_range:
             self.send_header("Content-Range", f"bytes {start}-{len(behavior.data) - 1}/{len(behavior.data)}")
+        if behavior.content_type:
+            self.send_header("Content-Type", behavior.content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self._send_body(body, behavior)
@@ -525,3 +528,19 @@ def test_cli_unknown_name_fails(tmp_path, capsys):
     assert status == 1
     assert "'nope'" in error_output
     assert "ffhq" in error_output
+
+
+def test_html_page_rejected(server, tmp_path):
+    server.behavior.data = b"<!DOCTYPE html><html><body>Sign in</body></html>"
+    server.behavior.content_type = "text/html; charset=utf-8"
+    with pytest.raises(WeightsError, match="returned an HTML page instead of the file"):
+        fetch(_entry(server, sha256=None, size=None), cache_dir=tmp_path, progress=False)
+    assert not (tmp_path / "weights.bin").exists()
+
+
+def test_weights_dir_file_rejected(tmp_path, monkeypatch):
+    not_a_folder = tmp_path / "afile"
+    not_a_folder.write_text("x")
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(not_a_folder))
+    with pytest.raises(WeightsError, match="is a file, not a folder"):
+        weights.weights_dir()

@@ -263,7 +263,17 @@ def warp_to_square(image: Image.Image, quad: np.ndarray, output_size: int = 1024
     return image
 
 
+# Largest transform_size accepted: the FFHQ recipe uses 4096, and the padded crop is resampled at this side
+# in RGB, so 8192 already needs several GB of memory.
+MAX_TRANSFORM_SIZE = 8192
+
+
 def _check_sizes(output_size, transform_size):
+    if transform_size > MAX_TRANSFORM_SIZE:
+        raise ValueError(
+            f"transform_size={transform_size} is above {MAX_TRANSFORM_SIZE}; the FFHQ recipe uses 4096, and "
+            f"larger values need many GB of memory without improving an output of {output_size} px"
+        )
     if not 0 < output_size <= transform_size:
         raise ValueError(
             f"need 0 < output_size <= transform_size, got output_size={output_size}, "
@@ -403,6 +413,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not 0 < args.size <= args.transform_size:
         parser.error(f"--size must be between 1 and --transform-size ({args.transform_size}), got {args.size}")
+    if args.transform_size > MAX_TRANSFORM_SIZE:
+        parser.error(f"--transform-size must be at most {MAX_TRANSFORM_SIZE} (FFHQ uses 4096), got {args.transform_size}")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file; give a folder (it is created if missing)")
     outputs = [args.out / f"{path.stem}.png" for path in args.inputs]
     duplicates = sorted({str(path) for path in outputs if outputs.count(path) > 1})
     if duplicates:
@@ -421,7 +435,11 @@ def main(argv=None) -> int:
             continue
         for warning in caught:
             print(f"warning: {warning.message}", file=sys.stderr)
-        save_image(aligned, target)
+        try:
+            save_image(aligned, target)
+        except OSError as error:
+            print(f"error: cannot write {target}: {error.strerror or error}", file=sys.stderr)
+            return 1
         print(f"{source} -> {target}")
     return 1 if failed else 0
 

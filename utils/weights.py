@@ -103,9 +103,12 @@ class _RestartFromZero(Exception):
 def weights_dir() -> Path:
     """Return the cache folder: $SG2_WEIGHTS_DIR if set, else models/ next to utils/."""
     configured = os.environ.get(WEIGHTS_DIR_ENV)
-    if configured:
-        return Path(configured).expanduser().resolve()
-    return Path(__file__).resolve().parent.parent / "models"
+    if not configured:
+        return Path(__file__).resolve().parent.parent / "models"
+    folder = Path(configured).expanduser().resolve()
+    if folder.exists() and not folder.is_dir():
+        raise WeightsError(f"{WEIGHTS_DIR_ENV}={configured!r} is a file, not a folder; point it at a folder")
+    return folder
 
 
 def _resolve_entry(name_or_entry: Union[str, WeightFile]) -> WeightFile:
@@ -270,6 +273,12 @@ def _download_once(entry: WeightFile, part: Path, progress: bool, timeout: float
                 f"Check that the URL of {entry.name!r} is still valid"
             )
 
+        # Weights files are binary; an HTML body is an error or login page served with status 200.
+        if response.headers.get("Content-Type", "").split(";")[0].strip().lower() == "text/html":
+            raise WeightsError(
+                f"{entry.url} returned an HTML page instead of the file (a login, error or moved page). "
+                f"Check the URL, or download the file in a browser and place it at {part.parent / entry.filename}"
+            )
         encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             raise WeightsError(
