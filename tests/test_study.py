@@ -73,6 +73,7 @@ def test_study_runs_every_group(tmp_path):
     assert all(row["changed"] > 0 for row in rows)  # each run trained its own group
     assert sum(row["adaptive_pick_rate"] for row in rows) >= 1.0  # k=1: one block per repeat at least
     assert rows[0]["adaptive_pick_rate"] == 0.0  # the mapping control cannot be picked
+    assert rows[0]["lr"] == pytest.approx(100 * rows[1]["lr"])  # mapping: lr / lr_multiplier
     assert all(math.isfinite(row["final_loss"]) for row in rows)
 
     csv_path, json_path = write_study(rows, tmp_path)

@@ -76,7 +76,9 @@ def run_layer_study(
         direction, target_embedding = direction_for(domain)
         picks = None
         for group, spec in groups:
-            config = dataclasses.replace(base_config, layers=spec, adaptive_k=0, iterations=steps)
+            config = dataclasses.replace(
+                base_config, layers=spec, adaptive_k=0, iterations=steps, lr=_group_lr(G_source, group, base_config.lr)
+            )
             trainer = Trainer(G_source, guide, direction, target_embedding, config)
             trainer.setup()
             if picks is None:
@@ -96,6 +98,7 @@ def run_layer_study(
                     domain=domain,
                     group=group,
                     trainable_values=sum(p.numel() for p in trainer.G_train.parameters() if p.requires_grad),
+                    lr=config.lr,
                     final_loss=terms["loss"],
                     adaptive_pick_rate=picks.get(group, 0.0),
                     train_seconds=round(seconds, 3),
@@ -107,6 +110,17 @@ def run_layer_study(
             del trainer
     bar.close()
     return rows
+
+
+def _group_lr(G, group: str, lr: float) -> float:
+    """The learning rate of a study run: `lr`, divided by the mapping network's lr multiplier for "mapping".
+
+    StyleGAN2's mapping layers scale their updates by lr_multiplier (0.01), so at the synthesis layers'
+    lr the mapping control would barely move in a short run and say nothing about its importance.
+    """
+    if group != "mapping":
+        return lr
+    return lr / G.mapping.fc0.bias_gain
 
 
 def write_study(rows: list, out_dir) -> tuple:
