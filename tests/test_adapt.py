@@ -21,23 +21,15 @@ from utils.clip_model import ClipGuide, tiny_clip
 from utils.directions import embed_text, text_direction
 from utils.train_config import AdaptConfig, load_config
 from utils.trainer import CHECKPOINT_NAME, LOG_NAME, Trainer, TrainingError
+from tests.tiny import TINY_GENERATOR
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_G = dict(
-    z_dim=16,
-    c_dim=0,
-    w_dim=16,
-    img_resolution=32,
-    img_channels=3,
-    mapping_kwargs=dict(num_layers=2),
-    synthesis_kwargs=dict(channel_base=256, channel_max=16),
-)
 
 
 def _source():
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        G = Generator(**TINY_G)
+        G = Generator(**TINY_GENERATOR)
         with torch.no_grad():
             for parameter in G.parameters():
                 parameter.add_(0.05 * torch.randn_like(parameter))  # biases and noise strengths start at 0

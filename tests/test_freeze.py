@@ -5,22 +5,13 @@ import torch
 
 from stylegan2 import Generator
 from utils.freeze import choose_layers_adaptively, freeze_except, layers_reading_ws, select_parameters
-
-TINY = dict(
-    z_dim=16,
-    c_dim=0,
-    w_dim=16,
-    img_resolution=32,
-    img_channels=3,
-    mapping_kwargs=dict(num_layers=2),
-    synthesis_kwargs=dict(channel_base=256, channel_max=16),
-)
+from tests.tiny import TINY_GENERATOR
 
 
 @pytest.fixture
 def G():
     torch.manual_seed(0)
-    return Generator(**TINY)
+    return Generator(**TINY_GENERATOR)
 
 
 def test_block_token_leaves_torgb_frozen(G):

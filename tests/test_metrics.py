@@ -25,12 +25,9 @@ from utils.metrics import (
     write_metrics,
 )
 from utils.sampling import generate
+from tests.tiny import TINY_GENERATOR
 
 SQRT_HALF = math.sqrt(0.5)  # cos 45 degrees
-TINY_G = dict(
-    z_dim=16, c_dim=0, w_dim=16, img_resolution=32, img_channels=3,
-    mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=256, channel_max=16),
-)
 SEEDS = list(range(12))  # more than the 10 clusters of the intra-cluster LPIPS
 
 # Two clusters with interleaved indices: {0, 2, 4} at distances 1, 2, 1 (pairs 0-2, 0-4, 2-4) and
@@ -302,7 +299,7 @@ def test_write_metrics_rejects_non_json_types(tmp_path):
 def _tiny_generator(seed):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return Generator(**TINY_G).eval()
+        return Generator(**TINY_GENERATOR).eval()
 
 
 @pytest.fixture(scope="module")

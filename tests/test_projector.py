@@ -37,18 +37,10 @@ from utils.projector import (
 )
 from utils.pti import pivotal_tuning, transplant_domain
 from utils.weights import REGISTRY, WeightsError
+from tests.tiny import TINY_GENERATOR
 
-TINY = dict(
-    z_dim=16,
-    c_dim=0,
-    w_dim=16,
-    img_resolution=32,
-    img_channels=3,
-    mapping_kwargs=dict(num_layers=2),
-    synthesis_kwargs=dict(channel_base=256, channel_max=16),
-)
 # One conv at 4 px, two per block from 8 px up, and the last ToRGB.
-TINY_NUM_WS = 2 * int(math.log2(TINY["img_resolution"])) - 2
+TINY_NUM_WS = 2 * int(math.log2(TINY_GENERATOR["img_resolution"])) - 2
 PROJECTION_STEPS = 100
 PTI_PROJECTION_STEPS = 50  # the W projection behind the pivot
 PTI_STEPS = 30
@@ -58,7 +50,7 @@ def _generator(seed, **changes):
     """Build a tiny generator whose noise strengths and biases are non-zero, so every input matters."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        G = Generator(**dict(TINY, **changes))
+        G = Generator(**dict(TINY_GENERATOR, **changes))
         with torch.no_grad():
             for parameter in G.parameters():
                 parameter.add_(0.05 * torch.randn_like(parameter))  # they start at 0
@@ -254,7 +246,7 @@ def test_projection_recovers_sample(projections, lpips_model, samples, sample_ms
     # LPIPS 0.005 and 0.006, against 0.038.
     assert result.mse < 0.15 * sample_mse
     assert result.lpips < 0.3 * sample_lpips
-    assert result.ws.shape == (1, TINY_NUM_WS, TINY["w_dim"])
+    assert result.ws.shape == (1, TINY_NUM_WS, TINY_GENERATOR["w_dim"])
     assert len(result.history) == PROJECTION_STEPS
     assert result.history[-1]["lpips"] < result.history[0]["lpips"]
 
