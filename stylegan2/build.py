@@ -127,7 +127,7 @@ def infer_init_kwargs(state_dict: dict, source: str, warn: bool = True) -> dict:
     and a warning says so.
     """
     if any(name.startswith(("synthesis.input.", "synthesis.L0_")) for name in state_dict):
-        raise CheckpointError(f"{source} holds a StyleGAN3 generator, which this implementation does not support")
+        raise CheckpointError(f"{source} contains a StyleGAN3 generator, which this implementation does not support")
     resolutions = sorted({int(m.group(1)) for name in state_dict if (m := _BLOCK_KEY.match(name))})
     fc_layers = sorted(int(m.group(1)) for name in state_dict if (m := _MAPPING_FC_KEY.match(name)))
     if not resolutions or "synthesis.b4.const" not in state_dict or not fc_layers:
@@ -185,7 +185,7 @@ def _infer_synthesis(state_dict, resolutions, source):
         raise CheckpointError(f"{source}: the block channel counts {channels} do not follow min(base // R, max)")
 
     if any(f"synthesis.b{res}.skip.weight" in state_dict for res in resolutions):
-        raise CheckpointError(f"{source} holds a 'resnet' synthesis network; only 'skip' and 'orig' are supported")
+        raise CheckpointError(f"{source} contains a 'resnet' synthesis network; only 'skip' and 'orig' are supported")
     with_torgb = [res for res in resolutions if f"synthesis.b{res}.torgb.weight" in state_dict]
     kwargs = dict(channel_base=channel_base, channel_max=channel_max, num_fp16_res=0, conv_clamp=None)
     if with_torgb == [img_resolution]:

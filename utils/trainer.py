@@ -76,8 +76,8 @@ class Trainer:
         """Choose the trainable layers and build the optimizer, or restore both from the checkpoint.
 
         resume: continue from out_dir/checkpoint.pt when it exists.
-        overwrite: without resume, delete an earlier run's checkpoint, log and samples in out_dir first;
-            without it, a folder holding a run raises TrainingError, so nothing is lost by accident.
+        overwrite: without resume, delete an earlier run's checkpoint, log and samples in out_dir first.
+            Without it, a folder that contains a run raises TrainingError, so nothing is lost by accident.
         """
         if self.out_dir is None:
             self._build_optimizer(self._choose_layers())
@@ -154,7 +154,7 @@ class Trainer:
         self.G_train.eval()
 
     def _train_and_record(self, bar) -> None:
-        """One step with its log line, and the samples, plot and checkpoint that fall due."""
+        """Run one step, log it, and write the samples, plot and checkpoint that fall due."""
         config = self.config
         started = time.perf_counter()
         terms = self.train_step()
