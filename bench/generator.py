@@ -34,6 +34,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # `python bench/generator.py` puts only bench/ on the path.
 
 from stylegan2 import Generator  # noqa: E402
+from stylegan2.configs import FFHQ_1024  # noqa: E402
 
 # Generator configurations, as keyword arguments of the official Generator constructor. ffhq1024 is the
 # architecture of the official FFHQ 1024x1024 network pickle.
@@ -47,15 +48,7 @@ CONFIGS = {
         mapping_kwargs=dict(num_layers=2),
         synthesis_kwargs=dict(channel_base=2048, channel_max=128, num_fp16_res=4, conv_clamp=256),
     ),
-    "ffhq1024": dict(
-        z_dim=512,
-        c_dim=0,
-        w_dim=512,
-        img_resolution=1024,
-        img_channels=3,
-        mapping_kwargs=dict(num_layers=8),
-        synthesis_kwargs=dict(channel_base=32768, channel_max=512, num_fp16_res=4, conv_clamp=256),
-    ),
+    "ffhq1024": FFHQ_1024,
 }
 IMPLEMENTATIONS = ("ours", "official")
 DEVICES = ("cpu", "cuda")

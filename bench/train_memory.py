@@ -39,6 +39,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # `python bench/train_memory.py` puts only bench/ on the path.
 
 from stylegan2 import Generator, synthesis  # noqa: E402
+from stylegan2.configs import ffhq_kwargs  # noqa: E402
 from utils import losses  # noqa: E402
 from utils.clip_model import ClipGuide, build_clip, resolve_architecture  # noqa: E402
 from utils.freeze import freeze_except  # noqa: E402
@@ -58,15 +59,7 @@ OFFICIAL_SAVED_GIB = {"fp16": 2.7, "fp32": 5.0}
 
 def generator_kwargs(resolution: int) -> dict:
     """Constructor arguments of the FFHQ generator architecture at `resolution` (1024 is the real one)."""
-    return dict(
-        z_dim=512,
-        c_dim=0,
-        w_dim=512,
-        img_resolution=resolution,
-        img_channels=3,
-        mapping_kwargs=dict(num_layers=8),
-        synthesis_kwargs=dict(channel_base=32768, channel_max=512, num_fp16_res=4, conv_clamp=256),
-    )
+    return ffhq_kwargs(resolution)
 
 
 @dataclasses.dataclass(frozen=True)

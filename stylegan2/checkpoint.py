@@ -65,8 +65,8 @@ def sniff_format(path) -> str:
 def load_generator(path, device="cpu") -> Generator:
     """Load a generator from an official NVlabs `.pkl` or one of this project's `.pt` files.
 
-    Returns the generator in eval mode with requires_grad off, on `device`. Its `metadata` attribute holds
-    the metadata stored with a `.pt` file (empty for other files). Raises CheckpointError for any file
+    Returns the generator in eval mode with requires_grad off, on `device`. Its `metadata` attribute
+    contains the metadata stored with a `.pt` file (empty for other files). Raises CheckpointError for any file
     that is missing, truncated, of another format, unsafe, or whose configuration does not fit its weights.
     """
     device = resolve_device(device)
@@ -191,7 +191,7 @@ def load_project_checkpoint(path) -> Generator:
         return G
     keys = sorted(str(key) for key in data)[:8] if isinstance(data, dict) else type(data).__name__
     raise CheckpointError(
-        f"{path} is a PyTorch checkpoint but holds no StyleGAN2 generator this project can read (found {keys})"
+        f"{path} is a PyTorch checkpoint but contains no StyleGAN2 generator this project can read (found {keys})"
     )
 
 

@@ -3,4 +3,4 @@
 
 class CheckpointError(Exception):
     """A checkpoint could not be read: missing, truncated, of another format, unsafe, or not matching its
-    configuration. The message names the file and says what to do."""
+    configuration. The message names the file and the next step."""

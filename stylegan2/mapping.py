@@ -12,7 +12,7 @@ class FullyConnectedLayer(nn.Module):
     """Dense layer with the equalised learning rate of StyleGAN (Karras et al. 2018).
 
     The weight is stored divided by `lr_multiplier` and rescaled by lr_multiplier / sqrt(in_features) at run
-    time, so every layer sees the same effective learning rate whatever its fan-in.
+    time, so every layer gets the same effective learning rate whatever its fan-in.
     """
 
     def __init__(

@@ -296,7 +296,7 @@ def test_fresh_run_over_earlier_rejected(tmp_path):
     first = _trainer(tmp_path, iterations=2)
     first.setup()
     first.train()
-    with pytest.raises(TrainingError, match="holds an earlier run .*--resume.*--overwrite"):
+    with pytest.raises(TrainingError, match="contains an earlier run .*--resume.*--overwrite"):
         _trainer(tmp_path, iterations=2).setup()
     assert (tmp_path / CHECKPOINT_NAME).exists()
 

@@ -9,6 +9,7 @@ import torch
 
 import stylegan2.synthesis
 from stylegan2 import Generator
+from stylegan2.configs import FFHQ_1024
 from utils.images import to_uint8
 
 DATA = Path(__file__).parent / "data"
@@ -120,15 +121,7 @@ def test_cpu_never_computes_in_fp16():
 def test_ffhq_config_has_official_names_and_shapes():
     expected = json.loads((DATA / "ffhq1024_tensors.json").read_text())
     with torch.device("meta"):
-        G = Generator(
-            z_dim=512,
-            c_dim=0,
-            w_dim=512,
-            img_resolution=1024,
-            img_channels=3,
-            mapping_kwargs=dict(num_layers=8),
-            synthesis_kwargs=dict(channel_base=32768, channel_max=512, num_fp16_res=4, conv_clamp=256),
-        )
+        G = Generator(**FFHQ_1024)
     ours = [(name, list(tensor.shape)) for name, tensor in G.state_dict().items()]
     assert ours == [(entry["name"], entry["shape"]) for entry in expected]
     parameters = {name for name, _ in G.named_parameters()}

@@ -4,16 +4,11 @@ import pytest
 import torch
 
 from stylegan2 import Generator, layer_groups, layer_ws_indices
+from stylegan2.configs import FFHQ_1024
+from tests.tiny import TINY_GENERATOR
 
-TINY = dict(
-    z_dim=16,
-    c_dim=0,
-    w_dim=16,
-    img_resolution=32,
-    img_channels=3,
-    mapping_kwargs=dict(num_layers=2),
-    synthesis_kwargs=dict(channel_base=256, channel_max=16, num_fp16_res=2, conv_clamp=256),
-)
+# The shared tiny configuration with fp16 flags and a clamp, so those code paths are built too.
+TINY = dict(TINY_GENERATOR, synthesis_kwargs=dict(channel_base=256, channel_max=16, num_fp16_res=2, conv_clamp=256))
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +106,7 @@ def test_train_mode_matches_eval(G):
 
 def test_ws_indices_follow_official_table():
     with torch.device("meta"):
-        G = Generator(512, 0, 512, 1024, 3, synthesis_kwargs=dict(channel_base=32768, channel_max=512))
+        G = Generator(**FFHQ_1024)
     indices = layer_ws_indices(G)
     assert indices["b4.conv1"] == 0
     assert indices["b4.torgb"] == 1

@@ -46,7 +46,8 @@ def test_other_modes_convert(mode):
     image = Image.new("RGB", (4, 4), (10, 200, 30)).convert(mode)
     batch = from_pil(image)
     assert batch.shape == (1, 3, 4, 4)
-    assert batch.min() >= -1 and batch.max() <= 1
+    assert batch.min() >= -1
+    assert batch.max() <= 1
 
 
 def test_sixteen_bit_scaled():

@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/<profile>/adapt/<domain>)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_FILE, help="domains and defaults (JSON)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt if present")
-    parser.add_argument("--overwrite", action="store_true", help="start over in an --out folder that holds an "
+    parser.add_argument("--overwrite", action="store_true", help="start over in an --out folder that contains an "
                         "earlier run, deleting its checkpoint, log and samples")
     parser.add_argument("--source-text", help="prompt describing the source images (default: 'photo')")
     parser.add_argument("--target-text", help="prompt describing the target domain, e.g. 'anime painting'")

@@ -116,7 +116,7 @@ def _group_lr(G, group: str, lr: float) -> float:
     """The learning rate of a study run: `lr`, divided by the mapping network's lr multiplier for "mapping".
 
     StyleGAN2's mapping layers scale their updates by lr_multiplier (0.01), so at the synthesis layers'
-    lr the mapping control would barely move in a short run and say nothing about its importance.
+    lr the mapping control would barely move in a short run and show nothing about its importance.
     """
     if group != "mapping":
         return lr

@@ -91,7 +91,7 @@ class Trainer:
             log.warning("no checkpoint in %s; starting from step 0", self.out_dir)
         elif checkpoint_path.exists() and not overwrite:
             raise TrainingError(
-                f"{self.out_dir} holds an earlier run ({checkpoint_path.name}); continue it with --resume, start "
+                f"{self.out_dir} contains an earlier run ({checkpoint_path.name}); continue it with --resume, start "
                 f"over with --overwrite (deletes its checkpoint, log and samples), or use another output folder"
             )
 
